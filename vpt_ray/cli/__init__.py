@@ -1,0 +1,45 @@
+"""The ``vpt-ray`` command.
+
+Each subcommand lives in its own module of this package so that ``--help`` stays fast
+and a stage's heavy dependencies (Ray, torch) load only for that stage. A module provides
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``, and keeps its top-level imports
+light (argparse, pathlib): everything heavy is imported inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> module under vpt_ray.cli; the order is the order of `vpt-ray --help`.
+COMMANDS: dict[str, str] = {
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vpt-ray",
+        description="Video PreTraining (VPT) on Ray: record, train the IDM, filter, pseudo-label, "
+        "behavioral cloning, PPG RL fine-tuning with a KL to the frozen BC policy.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"vpt_ray.cli.{module_name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
