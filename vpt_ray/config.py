@@ -74,14 +74,13 @@ def _convert(tp: Any, value: Any, where: str, field: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(arg, value, where, field)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise _fail(where, field, f"{value!r} matches none of {tp}") from None
     if origin is typing.Literal:
         if value not in args:
