@@ -43,6 +43,85 @@ def ray_local():
     yield ray
 
 
+class RedisServer:
+    """A real redis-server on a free loopback port, no persistence, its files in a tmp dir; stopped by pid.
+
+    It requires a password (as the cluster's ledger Redis does), so ``url`` carries one.
+    """
+
+    def __init__(self, workdir: Path):
+        import secrets
+
+        self.workdir = workdir
+        self.password = secrets.token_hex(8)
+        self.port = 0
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import shutil
+        import socket
+        import subprocess
+        import time
+
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server not found: `make redis` installs it (the ledger tests need a real server)")
+        for _ in range(5):
+            if not self.port:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    self.port = s.getsockname()[1]
+            cmd = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                   "--dir", str(self.workdir), "--requirepass", self.password, "--logfile", "redis.log"]
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as c:
+                        c.sendall(f"AUTH {self.password}\r\nPING\r\n".encode())
+                        if b"PONG" in c.recv(64) or b"PONG" in c.recv(64):
+                            return
+                except OSError:
+                    time.sleep(0.05)
+            self.stop()
+            self.port = 0  # most likely the port was taken meanwhile: try another
+        pytest.fail(f"redis-server did not start (log: {self.workdir / 'redis.log'})")
+
+    def stop(self, save: bool = False) -> None:
+        """Stop the server by pid; ``save=True`` snapshots first (like a server with persistence would)."""
+        import subprocess
+
+        if self.proc is None:
+            return
+        if save and self.proc.poll() is None:
+            import redis
+
+            redis.Redis.from_url(self.url).save()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        """Start again on the same port (loading the snapshot of ``stop(save=True)``, if any)."""
+        self.start()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
 def pytest_sessionfinish(session, exitstatus):
     try:
         import ray
