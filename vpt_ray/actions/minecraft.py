@@ -82,7 +82,8 @@ for _table in (JOINT_BUTTON_TABLE, CAMERA_META_ON, JOINT_CAMERA_TABLE):
     _table.flags.writeable = False
 
 
-def _check_factored(buttons: np.ndarray, camera_bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_factored(buttons: np.ndarray, camera_bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Factored arrays as numpy, or a ValueError naming the bad shape or value."""
     buttons = np.asarray(buttons)
     camera_bins = np.asarray(camera_bins)
     if buttons.shape[-1:] != (len(BUTTONS),):
@@ -98,7 +99,7 @@ def _check_factored(buttons: np.ndarray, camera_bins: np.ndarray) -> tuple[np.nd
 
 def factored_to_joint(buttons, camera_bins) -> tuple[np.ndarray, np.ndarray]:
     """Factored (buttons (..., 20) 0/1, camera bins (..., 2)) -> joint (button_idx, camera_idx), int64 (...)."""
-    buttons, camera_bins = _check_factored(buttons, camera_bins)
+    buttons, camera_bins = check_factored(buttons, camera_bins)
     pressed_all = buttons.astype(bool)
     joint = np.zeros(buttons.shape[:-1], dtype=np.int64)
     for (group, options), size in zip(BUTTON_GROUPS, _GROUP_SIZES):
@@ -117,7 +118,8 @@ def factored_to_joint(buttons, camera_bins) -> tuple[np.ndarray, np.ndarray]:
     return joint, camera
 
 
-def _check_joint(button_idx, camera_idx) -> tuple[np.ndarray, np.ndarray]:
+def check_joint(button_idx, camera_idx) -> tuple[np.ndarray, np.ndarray]:
+    """Joint indices as numpy, or a ValueError naming the head and the bad value."""
     button_idx = np.asarray(button_idx)
     camera_idx = np.asarray(camera_idx)
     for name, idx, n in (("buttons", button_idx, N_BUTTON_CLASSES), ("camera", camera_idx, N_CAMERA_CLASSES)):
@@ -132,7 +134,7 @@ def _check_joint(button_idx, camera_idx) -> tuple[np.ndarray, np.ndarray]:
 
 def joint_to_factored(button_idx, camera_idx) -> tuple[np.ndarray, np.ndarray]:
     """Joint (button_idx, camera_idx) of any shape -> (buttons uint8 (..., 20), camera bins int64 (..., 2))."""
-    button_idx, camera_idx = _check_joint(button_idx, camera_idx)
+    button_idx, camera_idx = check_joint(button_idx, camera_idx)
     buttons = JOINT_BUTTON_TABLE[button_idx]
     bins = np.where(CAMERA_META_ON[button_idx][..., None], JOINT_CAMERA_TABLE[camera_idx], CAMERA_ZERO_BIN)
     return buttons, bins
@@ -143,7 +145,7 @@ def is_null_factored(buttons, camera_bins) -> np.ndarray:
 
     It looks at the raw buttons, so forward+back alone is not null even though it maps to joint class 0.
     """
-    buttons, camera_bins = _check_factored(buttons, camera_bins)
+    buttons, camera_bins = check_factored(buttons, camera_bins)
     return ~buttons.astype(bool).any(axis=-1) & (camera_bins == CAMERA_ZERO_BIN).all(axis=-1)
 
 
