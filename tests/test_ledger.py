@@ -201,7 +201,8 @@ def test_writes_survive_an_outage_and_replay(backend):
         keys = job.done_keys("label")
         assert keys == {"a", "b"} and keys.stale
         assert job.is_done("label", "b")
-        assert [r.run_id for r in job.list_runs()] == ["r1"] and job.list_runs()[0].stale
+        runs = job.list_runs()
+        assert [r.run_id for r in runs] == ["r1"] and runs.stale and runs[0].stale
     # Back up: the next operation replays the queue in order.
     assert job.flush() == 0 and job.available
     with _open(location) as other:
@@ -275,6 +276,8 @@ def test_redis_down_reader_without_a_copy_says_unavailable(redis_server):
     assert not reader.available
     keys = reader.done_keys("label")
     assert keys == set() and keys.stale
+    runs = reader.list_runs()
+    assert runs == [] and runs.stale
     redis_server.restart()
     reader.close()
 

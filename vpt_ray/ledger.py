@@ -117,6 +117,12 @@ class DoneKeys(set):
     stale: bool = False
 
 
+class RunList(list):
+    """Runs from ``list_runs``; ``stale`` is True when the backend could not be read (this process's copies)."""
+
+    stale: bool = False
+
+
 def redact_url(url: str) -> str:
     """``redis://:secret@host:6379/0`` -> ``redis://:***@host:6379/0`` (user names are kept)."""
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", str(url))
@@ -576,8 +582,8 @@ class Ledger:
                 return None
             return RunRecord.from_fields(run_id, fields, stale=stale)
 
-    def list_runs(self, kind: str | None = None) -> list[RunRecord]:
-        """Every run (oldest first), optionally only those of ``kind``."""
+    def list_runs(self, kind: str | None = None) -> RunList:
+        """Every run (oldest first), optionally only those of ``kind``; ``.stale`` during an outage."""
         with self._lock:
             self._maybe_replay()
             try:
@@ -596,7 +602,9 @@ class Ledger:
                 stale = down or ("run", run_id) in self._pending
                 records.append(RunRecord.from_fields(run_id, fields, stale))
             records.sort(key=lambda r: (r.created_at or 0.0, r.run_id))
-            return [r for r in records if kind is None or r.kind == kind]
+            out = RunList(r for r in records if kind is None or r.kind == kind)
+            out.stale = down or any(r.stale for r in out)
+            return out
 
     # --------------------------------------------------------------------------------- labeling progress
 

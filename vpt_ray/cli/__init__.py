@@ -14,6 +14,8 @@ import sys
 
 # subcommand -> module under vpt_ray.cli; the order is the order of `vpt-ray --help`.
 COMMANDS: dict[str, str] = {
+    "status": "status",
+    "scale": "scale",
 }
 
 
