@@ -82,6 +82,10 @@ for _table in (JOINT_BUTTON_TABLE, CAMERA_META_ON, JOINT_CAMERA_TABLE):
     _table.flags.writeable = False
 
 
+def _is_binary(values: np.ndarray) -> bool:
+    return bool(((values == 0) | (values == 1)).all())
+
+
 def check_factored(buttons: np.ndarray, camera_bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Factored arrays as numpy, or a ValueError naming the bad shape or value."""
     buttons = np.asarray(buttons)
@@ -90,7 +94,7 @@ def check_factored(buttons: np.ndarray, camera_bins: np.ndarray) -> tuple[np.nda
         raise ValueError(f"buttons must have shape (..., {len(BUTTONS)}), got {buttons.shape}")
     if camera_bins.shape != buttons.shape[:-1] + (2,):
         raise ValueError(f"camera bins must have shape {buttons.shape[:-1] + (2,)}, got {camera_bins.shape}")
-    if buttons.size and not np.isin(buttons, (0, 1)).all():
+    if not _is_binary(buttons):
         raise ValueError(f"buttons must be 0 or 1, got values {np.unique(buttons)}")
     if camera_bins.size and (camera_bins.min() < 0 or camera_bins.max() >= N_CAMERA_BINS):
         raise ValueError(f"camera bins must lie in [0, {N_CAMERA_BINS}), got {np.unique(camera_bins)}")
@@ -169,7 +173,7 @@ def _dict_to_buttons_camera(action: Mapping[str, Any]) -> tuple[np.ndarray, np.n
         value = np.asarray(action[name])
         if value.shape != batch_shape:
             raise ValueError(f"env action {name!r} has shape {value.shape}, camera implies {batch_shape}")
-        if not np.isin(value, (0, 1)).all():
+        if not _is_binary(value):
             raise ValueError(f"env action {name!r} must be 0 or 1, got {value}")
         buttons[..., i] = value
     return buttons, camera
