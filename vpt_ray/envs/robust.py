@@ -1,0 +1,211 @@
+"""A simulator wrapper that survives failures: exceptions, hangs and crashes end the episode, not the run.
+
+:class:`RobustSim` runs a simulator built by a picklable ``factory`` either in a child process (``isolation:
+process``: the parent enforces step/reset timeouts and kills a hung or crashed child, with the whole process
+group, so MineRL's Java dies too) or in this process (``inprocess``: no IPC cost, catches exceptions only).
+
+On a failure it drops the broken simulator, returns the last good frame as a *truncated* step with
+``info["env_failure"] = True``, and builds a fresh simulator at the next reset (a failed reset is retried on a
+fresh one). ``failures_total`` counts failures. After ``max_consecutive_failures`` failures without a
+successful step in between it raises :class:`EnvFailureError`, so RLlib's fault tolerance (re-creating the env
+or restarting the env runner) takes over.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+
+from vpt_ray.spec import RobustOptions
+
+logger = logging.getLogger(__name__)
+
+
+class EnvFailureError(RuntimeError):
+    """The simulator kept failing: ``max_consecutive_failures`` failures without a successful step."""
+
+
+class SimFailure(Exception):
+    """One simulator failure (exception, timeout or crash), caught by :class:`RobustSim`."""
+
+
+class _InProcess:
+    def __init__(self, factory: Callable[[], gym.Env]):
+        try:
+            self.env = factory()
+        except Exception as e:
+            raise SimFailure(f"creating the env raised {e!r}") from e
+        self.spaces = (self.env.observation_space, self.env.action_space, self.env.action_space_name)
+
+    def call(self, method: str, *args, **kwargs):
+        try:
+            return getattr(self.env, method)(*args, **kwargs)
+        except Exception as e:
+            raise SimFailure(f"{method} raised {e!r}") from e
+
+    def close(self):
+        self.env.close()
+
+    def discard(self):
+        try:
+            self.env.close()
+        except Exception:
+            logger.debug("closing a failed env raised", exc_info=True)
+
+
+def _child_main(conn, factory: Callable[[], gym.Env]) -> None:
+    # Own process group: the parent kills the group, taking any grandchildren (MineRL's Java) along.
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        env = factory()
+        conn.send(("ok", (env.observation_space, env.action_space, env.action_space_name)))
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        try:
+            method, args, kwargs = conn.recv()
+        except EOFError:  # the parent is gone
+            break
+        if method == "close":
+            env.close()
+            conn.send(("ok", None))
+            break
+        try:
+            conn.send(("ok", getattr(env, method)(*args, **kwargs)))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+
+
+class _ChildProcess:
+    # spawn, not fork: env runners are threaded Ray workers, and a forked copy of their locks can deadlock.
+    _ctx = mp.get_context("spawn")
+
+    def __init__(self, factory: Callable[[], gym.Env], options: RobustOptions):
+        # Creating a simulator may take as long as resetting one (MineRL starts Minecraft).
+        self._timeouts = {"create": options.reset_timeout_s, "reset": options.reset_timeout_s,
+                          "step": options.step_timeout_s}
+        self.conn, child_conn = self._ctx.Pipe()
+        self.proc = self._ctx.Process(target=_child_main, args=(child_conn, factory), daemon=True)
+        self.proc.start()
+        child_conn.close()
+        self.spaces = self._receive("create")
+
+    def _receive(self, what: str):
+        timeout_s = self._timeouts[what]
+        try:
+            ready = self.conn.poll(timeout_s)
+            status, value = self.conn.recv() if ready else (None, None)
+        except (EOFError, OSError):
+            self.kill()
+            raise SimFailure(f"{what}: the env process died (exit code {self.proc.exitcode})") from None
+        if not ready:
+            self.kill()
+            raise SimFailure(f"{what}: no answer within {timeout_s:g} s; killed the env process")
+        if status == "error":
+            self.kill()
+            raise SimFailure(f"{what} raised in the env process:\n{value}")
+        return value
+
+    def call(self, method: str, *args, **kwargs):
+        try:
+            self.conn.send((method, args, kwargs))
+        except (BrokenPipeError, OSError):
+            self.kill()
+            raise SimFailure(f"{method}: the env process is gone (exit code {self.proc.exitcode})") from None
+        return self._receive(method)
+
+    def discard(self):
+        self.kill()
+
+    def kill(self):
+        if self.proc.exitcode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()  # killed before it made its own group
+        self.proc.join()
+        self.conn.close()
+
+    def close(self):
+        if self.proc.exitcode is None:
+            try:
+                self.conn.send(("close", (), {}))
+                if self.conn.poll(5.0):
+                    self.conn.recv()
+            except (EOFError, OSError):
+                pass
+        self.proc.join(timeout=5.0)
+        self.kill()
+
+
+class RobustSim(gym.Env):
+    """Failure-surviving proxy of the simulator that ``factory()`` builds (see the module docstring)."""
+
+    def __init__(self, factory: Callable[[], gym.Env], options: RobustOptions):
+        self.options = options
+        if options.isolation == "process":
+            self._new_backend = lambda: _ChildProcess(factory, options)
+        else:
+            self._new_backend = lambda: _InProcess(factory)
+        self.failures_total = 0
+        self._consecutive_failures = 0
+        self._last_obs = None
+        self._last_inventory: dict[str, int] = {}
+        self._backend = None
+        while self._backend is None:
+            try:
+                self._backend = self._new_backend()
+            except SimFailure as e:
+                self._record_failure(e)
+        self.observation_space, self.action_space, self.action_space_name = self._backend.spaces
+
+    def _record_failure(self, error: SimFailure) -> None:
+        self.failures_total += 1
+        self._consecutive_failures += 1
+        if self._backend is not None:
+            self._backend.discard()
+            self._backend = None
+        if self._consecutive_failures >= self.options.max_consecutive_failures:
+            raise EnvFailureError(
+                f"the env failed {self._consecutive_failures} times in a row; last failure: {error}"
+            ) from error
+        logger.warning("env failure %d (recreating the env): %s", self.failures_total, error)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        while True:
+            try:
+                if self._backend is None:
+                    self._backend = self._new_backend()
+                obs, info = self._backend.call("reset", seed=seed, options=options)
+            except SimFailure as e:
+                self._record_failure(e)
+                continue
+            self._last_obs, self._last_inventory = obs, info["inventory"]
+            return obs, info
+
+    def step(self, action):
+        if self._backend is None:
+            raise RuntimeError("step() after an env failure: call reset() first")
+        try:
+            obs, reward, terminated, truncated, info = self._backend.call("step", action)
+        except SimFailure as e:
+            self._record_failure(e)
+            info = {"inventory": self._last_inventory, "new_items": {}, "env_failure": True}
+            return self._last_obs, 0.0, False, True, info
+        self._consecutive_failures = 0
+        self._last_obs, self._last_inventory = obs, info["inventory"]
+        return obs, reward, terminated, truncated, info
+
+    def close(self):
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
