@@ -336,7 +336,7 @@ def test_noop_is_null():
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: SPACE.to_policy({"buttons": np.zeros((1, 19), np.uint8), "camera": np.zeros((1, 2))}), r"\(\.\.\., 20\)"),
+        (lambda: SPACE.to_policy({"buttons": np.zeros((1, 19), np.uint8), "camera": np.zeros((1, 2))}), "20"),
         (lambda: SPACE.to_policy({"buttons": np.full((1, 20), 2, np.uint8), "camera": np.zeros((1, 2))}), "0 or 1"),
         (lambda: SPACE.to_policy({"buttons": np.zeros((1, 20), np.uint8)}), "keys"),
         (lambda: SPACE.to_policy({"buttons": np.zeros((1, 20), np.uint8), "camera": np.full((1, 2), np.nan)}), "NaN"),

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from vpt_ray.actions.camera import VPT_CAMERA, CameraQuantizer
+from vpt_ray.actions.camera import VPT_CAMERA
 
 BUTTONS: tuple[str, ...] = (
     "attack", "back", "forward", "jump", "left", "right", "sneak", "sprint", "use", "drop", "inventory",
@@ -196,10 +196,10 @@ def env_action_to_arrays(action: Mapping[str, Any] | Sequence[Mapping[str, Any]]
 def arrays_to_env_action(buttons, camera) -> dict[str, Any]:
     """Buttons (..., 20) and camera degrees (..., 2) -> the full MineRL dict (extra keys 0).
 
-    Unbatched input gives Python ints and a float32 (2,) camera, which is what ``env.step`` takes.
+    Unbatched input gives Python ints for the buttons; the camera keeps its dtype.
     """
     buttons = np.asarray(buttons)
-    camera = np.asarray(camera, dtype=np.float32)
+    camera = np.asarray(camera)
     if buttons.shape[-1:] != (len(BUTTONS),) or camera.shape != buttons.shape[:-1] + (2,):
         raise ValueError(f"buttons (..., 20) and camera (..., 2) expected, got {buttons.shape} and {camera.shape}")
     batch_shape = buttons.shape[:-1]
@@ -212,28 +212,24 @@ def arrays_to_env_action(buttons, camera) -> dict[str, Any]:
     return out
 
 
-def env_action_to_policy(
-    action: Mapping[str, Any], quantizer: CameraQuantizer = VPT_CAMERA
-) -> dict[str, np.ndarray]:
+def env_action_to_policy(action: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """MineRL env action dict (batched or not) -> joint ``{"buttons", "camera"}`` int64 indices.
 
     The camera is quantised from the dict's own precision (float64 for the reference vectors), not from the
     float32 of stored env arrays.
     """
     buttons, camera = _dict_to_buttons_camera(action)
-    button_idx, camera_idx = factored_to_joint(buttons, quantizer.discretize(camera))
+    button_idx, camera_idx = factored_to_joint(buttons, VPT_CAMERA.discretize(camera))
     return {"buttons": button_idx, "camera": camera_idx}
 
 
-def policy_to_env_action(button_idx, camera_idx, quantizer: CameraQuantizer = VPT_CAMERA) -> dict[str, Any]:
+def policy_to_env_action(button_idx, camera_idx) -> dict[str, Any]:
     """Joint indices (scalars or arrays) -> MineRL env action dict; camera in float64 degrees (bin centres)."""
     buttons, bins = joint_to_factored(button_idx, camera_idx)
-    out = arrays_to_env_action(buttons, np.zeros(bins.shape))
-    out["camera"] = quantizer.undiscretize(bins)
-    return out
+    return arrays_to_env_action(buttons, VPT_CAMERA.undiscretize(bins))
 
 
-def is_null_env_action(action: Mapping[str, Any], quantizer: CameraQuantizer = VPT_CAMERA) -> np.ndarray:
+def is_null_env_action(action: Mapping[str, Any]) -> np.ndarray:
     """Intended VPT null test of a MineRL env action dict (see :func:`is_null_factored`)."""
     buttons, camera = _dict_to_buttons_camera(action)
-    return is_null_factored(buttons, quantizer.discretize(camera))
+    return is_null_factored(buttons, VPT_CAMERA.discretize(camera))

@@ -156,7 +156,8 @@ class MinecraftActionSpace(ActionSpace):
 
     def to_env_action(self, env_arrays, i):
         buttons, camera = self._env(env_arrays)
-        return _mc.arrays_to_env_action(buttons[i], camera[i])
+        # MineRL's camera space is a float32 Box.
+        return _mc.arrays_to_env_action(buttons[i], camera[i].astype(np.float32))
 
     def from_env_action(self, action):
         if not isinstance(action, Mapping):
