@@ -38,7 +38,7 @@ class MineRLOptions:
     resolution: tuple[int, int] = (640, 360)  # (width, height) rendered by the game, before resizing
     fov: float = 70.0
     # The paper says GUI scale 2; the released agent's validate_env checks guiscale_range [1, 1].
-    gui_scale: float = 2.0
+    gui_scale: int = 2
     gamma: float = 2.0  # brightness
     cursor_size: float = 16.0
 

@@ -14,11 +14,14 @@ or restarting the env runner) takes over.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import signal
+import socket
+import subprocess
+import sys
 import traceback
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 import gymnasium as gym
@@ -60,12 +63,11 @@ class _InProcess:
             logger.debug("closing a failed env raised", exc_info=True)
 
 
-def _child_main(conn, factory: Callable[[], gym.Env]) -> None:
-    # Own process group: the parent kills the group, taking any grandchildren (MineRL's Java) along.
-    os.setpgrp()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+def _child_main(fd: int) -> None:
+    """Body of the env process: build the env from the pickled factory it is sent, then serve calls."""
+    conn = Connection(fd)
     try:
-        env = factory()
+        env = conn.recv()()
         conn.send(("ok", (env.observation_space, env.action_space, env.action_space_name)))
     except Exception:
         conn.send(("error", traceback.format_exc()))
@@ -75,28 +77,35 @@ def _child_main(conn, factory: Callable[[], gym.Env]) -> None:
             method, args, kwargs = conn.recv()
         except EOFError:  # the parent is gone
             break
-        if method == "close":
-            env.close()
-            conn.send(("ok", None))
-            break
         try:
             conn.send(("ok", getattr(env, method)(*args, **kwargs)))
         except Exception:
             conn.send(("error", traceback.format_exc()))
+        if method == "close":
+            break
 
 
 class _ChildProcess:
-    # spawn, not fork: env runners are threaded Ray workers, and a forked copy of their locks can deadlock.
-    _ctx = mp.get_context("spawn")
+    """The simulator in a fresh interpreter (not multiprocessing: that re-runs the user's ``__main__``).
+
+    The child leads its own session, so killing its process group also kills what it started (MineRL's Java),
+    and Ctrl-C in a terminal reaches only the parent.
+    """
 
     def __init__(self, factory: Callable[[], gym.Env], options: RobustOptions):
         # Creating a simulator may take as long as resetting one (MineRL starts Minecraft).
         self._timeouts = {"create": options.reset_timeout_s, "reset": options.reset_timeout_s,
-                          "step": options.step_timeout_s}
-        self.conn, child_conn = self._ctx.Pipe()
-        self.proc = self._ctx.Process(target=_child_main, args=(child_conn, factory), daemon=True)
-        self.proc.start()
-        child_conn.close()
+                          "step": options.step_timeout_s, "close": 5.0}
+        parent_sock, child_sock = socket.socketpair()
+        code = f"from vpt_ray.envs.robust import _child_main; _child_main({child_sock.fileno()})"
+        # The child imports what the parent can (the factory may live in any module on the parent's path).
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], pass_fds=(child_sock.fileno(),), start_new_session=True, env=env
+        )
+        child_sock.close()
+        self.conn = Connection(parent_sock.detach())
+        self.conn.send(factory)
         self.spaces = self._receive("create")
 
     def _receive(self, what: str):
@@ -106,7 +115,7 @@ class _ChildProcess:
             status, value = self.conn.recv() if ready else (None, None)
         except (EOFError, OSError):
             self.kill()
-            raise SimFailure(f"{what}: the env process died (exit code {self.proc.exitcode})") from None
+            raise SimFailure(f"{what}: the env process died (exit code {self.proc.returncode})") from None
         if not ready:
             self.kill()
             raise SimFailure(f"{what}: no answer within {timeout_s:g} s; killed the env process")
@@ -118,32 +127,32 @@ class _ChildProcess:
     def call(self, method: str, *args, **kwargs):
         try:
             self.conn.send((method, args, kwargs))
-        except (BrokenPipeError, OSError):
+        except OSError:
             self.kill()
-            raise SimFailure(f"{method}: the env process is gone (exit code {self.proc.exitcode})") from None
+            raise SimFailure(f"{method}: the env process is gone (exit code {self.proc.returncode})") from None
         return self._receive(method)
 
     def discard(self):
         self.kill()
 
     def kill(self):
-        if self.proc.exitcode is None:
+        if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                self.proc.kill()  # killed before it made its own group
-        self.proc.join()
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
         self.conn.close()
 
     def close(self):
-        if self.proc.exitcode is None:
-            try:
-                self.conn.send(("close", (), {}))
-                if self.conn.poll(5.0):
-                    self.conn.recv()
-            except (EOFError, OSError):
-                pass
-        self.proc.join(timeout=5.0)
+        try:
+            self.call("close")
+        except SimFailure:
+            return  # already killed
+        try:
+            self.proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            pass
         self.kill()
 
 
