@@ -1,0 +1,1 @@
+"""Data on disk: contractor-format recordings (``recordings``) and training-data shards (``shards``)."""
