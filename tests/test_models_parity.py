@@ -18,6 +18,15 @@ from vpt_ray.models.heads import EwmaNormalizer
 ATOL = 1e-4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Small models run fastest on one thread, and the shared CI cores are often busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def foundation(reference_dir):
     d = reference_dir / "foundation"

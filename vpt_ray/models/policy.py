@@ -25,7 +25,8 @@ from vpt_ray.models.layers import fan_in_init_
 from vpt_ray.models.net import VPTNet
 
 STATE_KEYS = ("mask", "k", "v")
-AUX_VALUE_INIT_SCALE = 0.1
+AUX_VALUE_HEAD = "aux_value_head"
+AUX_VALUE_INIT_SCALE = 0.1  # fan-in norm of the auxiliary head's random rows: small initial predictions
 
 
 @dataclasses.dataclass
@@ -165,13 +166,19 @@ class VPTPolicy(nn.Module):
 
     # ------------------------------------------------------------------------------------------------- RL
     @torch.no_grad()
+    def add_aux_value_head(self, generator: torch.Generator | None = None) -> nn.Linear:
+        """Attach PPG's auxiliary value head (one linear layer on the latent), randomly initialised."""
+        ref = self.final_weight
+        aux = nn.Linear(self.config.net.hidsize, 1, device=ref.device, dtype=ref.dtype)
+        aux.weight.copy_(torch.randn(aux.weight.shape, generator=generator))
+        fan_in_init_(aux, AUX_VALUE_INIT_SCALE)
+        self.aux_value_head = aux
+        return aux
+
+    @torch.no_grad()
     def reset_value_heads_for_rl(self, generator: torch.Generator | None = None) -> None:
-        """PPG start: value head zero (and its normaliser reset), a new randomly initialised auxiliary value head."""
+        """PPG start: value head zero (its normaliser reset too), a new randomly initialised auxiliary value head."""
         self.value_head.linear.weight.zero_()
         self.value_head.linear.bias.zero_()
         self.value_normalizer.reset()
-        ref = self.final_weight
-        aux = nn.Linear(self.config.net.hidsize, 1, device=ref.device, dtype=ref.dtype)
-        aux.weight.copy_(torch.randn(aux.weight.shape, generator=generator).to(aux.weight))
-        fan_in_init_(aux, AUX_VALUE_INIT_SCALE)
-        self.aux_value_head = aux
+        self.add_aux_value_head(generator)

@@ -1,0 +1,101 @@
+"""Building models from configs and our own checkpoints: a directory with ``model.yaml`` + ``weights.pt``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import yaml
+
+from vpt_ray.config import load_config, to_dict
+from vpt_ray.models.config import ModelConfig
+from vpt_ray.models.idm import InverseDynamicsModel
+from vpt_ray.models.policy import AUX_VALUE_HEAD, VPTPolicy
+
+MODEL_FILE = "model.yaml"
+WEIGHTS_FILE = "weights.pt"
+
+
+class WeightsError(ValueError):
+    """A weights file that does not fit the model: names the file and the offending parameters."""
+
+
+def build_model(config: ModelConfig) -> VPTPolicy | InverseDynamicsModel:
+    return VPTPolicy(config) if config.kind == "policy" else InverseDynamicsModel(config)
+
+
+def load_state_strict(model: VPTPolicy | InverseDynamicsModel, state_dict, where: str) -> None:
+    """Load ``state_dict`` into ``model``; any missing, unexpected or mis-shaped entry is an error naming it.
+
+    A policy whose weights carry an auxiliary value head (saved after ``reset_value_heads_for_rl``) gets one.
+    """
+    if not isinstance(state_dict, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
+    ):
+        raise WeightsError(f"{where}: expected a state dict (parameter name -> tensor)")
+    if isinstance(model, VPTPolicy) and model.aux_value_head is None:
+        if any(k.startswith(AUX_VALUE_HEAD + ".") for k in state_dict):
+            model.add_aux_value_head()
+    own = model.state_dict()
+    problems = []
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if missing:
+        problems.append(f"missing {missing}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected}")
+    shapes = [
+        f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if shapes:
+        problems.append(f"shape mismatch {shapes}")
+    if problems:
+        raise WeightsError(f"{where}: weights do not fit the model: " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def read_weights(path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError or zipfile errors for bad files
+        raise WeightsError(f"{path}: not a loadable weights file (weights_only): {e}") from None
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(model: VPTPolicy | InverseDynamicsModel, directory: str | Path) -> Path:
+    """Write ``model.yaml`` (the config) and ``weights.pt`` (the state dict) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(to_dict(model.config), sort_keys=False).encode()
+    atomic_write(directory / WEIGHTS_FILE, lambda f: torch.save(cpu_state_dict(model), f))
+    atomic_write(directory / MODEL_FILE, lambda f: f.write(text))
+    return directory
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device | None = None):
+    """A model saved by :func:`save_checkpoint` (strict load), in eval mode, on ``device`` (default CPU)."""
+    directory = Path(directory)
+    config = load_config(ModelConfig, directory / MODEL_FILE)
+    model = build_model(config)
+    load_state_strict(model, read_weights(directory / WEIGHTS_FILE), str(directory / WEIGHTS_FILE))
+    return model.to(device or "cpu").eval()
