@@ -89,9 +89,8 @@ def main() -> None:
 
     def ours(robust: bool, isolation: str = "inprocess"):
         def make():
-            spec = dataclasses.replace(
-                task, env=dataclasses.replace(env_spec, robust=dataclasses.replace(env_spec.robust, isolation=isolation))
-            )
+            robust_options = dataclasses.replace(env_spec.robust, isolation=isolation)
+            spec = dataclasses.replace(task, env=dataclasses.replace(env_spec, robust=robust_options))
             env = make_env(spec, seed=0, robust=robust)
 
             def step(a):

@@ -170,7 +170,8 @@ def test_item_progress_caps_unlimited_and_first_steps():
     assert progress.update({"log": 1}, step=10) == 0.0
     assert progress.update({"diamond": 5}, step=20) == pytest.approx(5 * 8 / 3)  # unlimited
     assert progress.update({"dirt": 64}, step=21) == 0.0  # not in the table
-    assert progress.first_step["log"] == 4 and progress.first_step["stick"] == 9 and progress.first_step["torch"] is None
+    assert progress.first_step["log"] == 4 and progress.first_step["stick"] == 9
+    assert progress.first_step["torch"] is None
     assert progress.counts["log"] == 14
     items = progress.items
     assert list(items) == list(table.item_names) and items["diamond"] and not items["planks"]

@@ -185,3 +185,38 @@ def _process_task() -> TaskSpec:
     task = load_task("crafter-wood")
     robust = dataclasses.replace(task.env.robust, isolation="process")
     return dataclasses.replace(task, env=dataclasses.replace(task.env, robust=robust))
+
+
+@pytest.mark.slow
+def test_rllib_env_runner_recreates_the_env_after_env_failure_error(tmp_path):
+    # max_consecutive_failures=1: the injected failure raises EnvFailureError at once. With
+    # restart_failed_sub_environments RLlib recreates the env and goes on sampling; without, sample() raises,
+    # which is what makes RLlib restart the env runner.
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.env.env_runner import NUM_ENV_STEP_FAILURES_LIFETIME
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    def creator(env_config):
+        return _env(tmp_path / env_config["name"], "raise", "step 20", "inprocess", max_consecutive_failures=1)[0]
+
+    for restart in (True, False):
+        (tmp_path / str(restart)).mkdir()
+        config = (
+            PPOConfig()
+            .environment(env=creator, env_config={"name": str(restart)})
+            .env_runners(num_env_runners=0, num_envs_per_env_runner=1)
+            .fault_tolerance(restart_failed_sub_environments=restart)
+            .debugging(seed=0)
+        )
+        runner = SingleAgentEnvRunner(config=config)
+        try:
+            if restart:
+                episodes = runner.sample(num_timesteps=150, random_actions=True)
+                assert sum(len(e) for e in episodes) >= 150
+                assert runner.get_metrics()[NUM_ENV_STEP_FAILURES_LIFETIME] == 1
+            else:
+                with pytest.raises(RuntimeError) as e:
+                    runner.sample(num_timesteps=150, random_actions=True)
+                assert isinstance(e.value.__cause__, EnvFailureError)
+        finally:
+            runner.stop()

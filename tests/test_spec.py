@@ -51,7 +51,9 @@ def test_crafter_tech_tree_tiers():
     wood = crafter.constants.place["table"]["uses"]["wood"] + sum(
         crafter.constants.make[p]["uses"].get("wood", 0) for p in pickaxes
     )
-    stone = crafter.constants.place["furnace"]["uses"]["stone"] + crafter.constants.make["stone_pickaxe"]["uses"]["stone"]
+    stone = (
+        crafter.constants.place["furnace"]["uses"]["stone"] + crafter.constants.make["stone_pickaxe"]["uses"]["stone"]
+    )
     assert (by_item["wood"].quantity, by_item["stone"].quantity) == (wood, stone)
 
 
@@ -78,7 +80,7 @@ def _wood_dict():
         (lambda d: d["env"].update(frame_size=[0, 64]), "env", "frame_size must be positive"),
         (lambda d: d["env"].update(max_steps=0), "env", "max_steps must be positive"),
         (lambda d: d["env"].update(colour="blue"), "env.colour", "unknown field"),
-        (lambda d: d.update(rl={"lr": 1e-4}), "rl", "unknown field"),
+        (lambda d: d.update(reward_scale=2), "reward_scale", "unknown field"),
         (lambda d: d["rewards"]["items"][1].update(reward="one/2"), "rewards.items[1]", "not a number or fraction"),
         (lambda d: d["rewards"]["items"][1].update(quantity=0), "rewards.items[1]", "quantity"),
         (lambda d: d["rewards"]["items"].append(dict(d["rewards"]["items"][0])), "rewards", "listed twice"),

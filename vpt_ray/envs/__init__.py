@@ -38,7 +38,9 @@ def make_sim(env: EnvSpec) -> gym.Env:
     return MineRLSim(env)
 
 
-def make_env(task: str | Path | Mapping[str, Any] | TaskSpec, *, seed: int | None = None, robust: bool = True) -> TaskEnv:
+def make_env(
+    task: str | Path | Mapping[str, Any] | TaskSpec, *, seed: int | None = None, robust: bool = True
+) -> TaskEnv:
     """A Gymnasium env playing ``task`` (YAML path, bare name from ``rollouts/``, mapping or spec).
 
     ``robust=True`` runs the simulator behind :class:`RobustSim` with the task's ``env.robust`` options;
