@@ -75,7 +75,7 @@ def test_rewards_come_from_the_table_not_from_crafter():
     # and 1 for the first table placed.
     env = make_env("crafter-wood", seed=0, robust=False)
     env.reset()
-    player = env.unwrapped.sim._env._player
+    player = env.unwrapped.sim.game._player
     player.inventory["wood"] = 7  # 7 units newly in the inventory: 5 are paid
     _, reward, *_, info = env.step(NOOP)
     assert info["new_items"] == {"wood": 7} and reward == pytest.approx(1.0)

@@ -27,6 +27,11 @@ class CrafterSim(gym.Env):
         self.action_space = gym.spaces.Discrete(len(crafter.constants.actions))
         self._counts: dict[str, int] = {}
 
+    @property
+    def game(self):
+        """The ``crafter.Env`` being played (scripted players and tests read its state)."""
+        return self._env
+
     def _obtained_counts(self) -> dict[str, int]:
         player = self._env._player
         counts = {item: int(player.inventory[item]) for item in CRAFTER_INVENTORY_ITEMS}
