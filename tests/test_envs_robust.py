@@ -69,7 +69,10 @@ class FaultyCrafter:
 
 def _env(tmp_path, mode, where, isolation, once=True, **robust):
     task = load_task("crafter-wood")
-    options = RobustOptions(isolation=isolation, **{"step_timeout_s": 2.0, "reset_timeout_s": 30.0, **robust})
+    # Short step/reset timeouts for the hangs; a loaded test machine may need many seconds to start a process.
+    options = RobustOptions(
+        isolation=isolation, **{"start_timeout_s": 120.0, "step_timeout_s": 2.0, "reset_timeout_s": 30.0, **robust}
+    )
     spec = dataclasses.replace(task, env=dataclasses.replace(task.env, robust=options, max_steps=60))
     fault = FaultyCrafter(spec.env, mode, where, str(tmp_path / "fired"), str(tmp_path / "pid"), once)
     return TaskEnv(spec, RobustSim(fault, options), seed=0), tmp_path / "pid"

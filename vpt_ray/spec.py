@@ -56,6 +56,7 @@ class RobustOptions:
     # "process": the simulator runs in a child process, so a hung step is killed after its timeout.
     # "inprocess": cheaper, but only exceptions are caught; a hang cannot be interrupted.
     isolation: Literal["process", "inprocess"] = "process"
+    start_timeout_s: float = 600.0  # building the simulator: process start, imports, launching the game
     step_timeout_s: float = 60.0
     reset_timeout_s: float = 600.0
     # Failures in a row (no successful step in between) before the env gives up and raises, so that RLlib's
@@ -63,8 +64,9 @@ class RobustOptions:
     max_consecutive_failures: int = 3
 
     def __post_init__(self):
-        if self.step_timeout_s <= 0 or self.reset_timeout_s <= 0:
-            raise ValueError(f"timeouts must be positive, got {self.step_timeout_s}, {self.reset_timeout_s}")
+        timeouts = (self.start_timeout_s, self.step_timeout_s, self.reset_timeout_s)
+        if min(timeouts) <= 0:
+            raise ValueError(f"timeouts must be positive, got start/step/reset {list(timeouts)}")
         if self.max_consecutive_failures < 1:
             raise ValueError(f"max_consecutive_failures must be >= 1, got {self.max_consecutive_failures}")
 

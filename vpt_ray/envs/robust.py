@@ -1,7 +1,7 @@
 """A simulator wrapper that survives failures: exceptions, hangs and crashes end the episode, not the run.
 
 :class:`RobustSim` runs a simulator built by a picklable ``factory`` either in a child process (``isolation:
-process``: the parent enforces step/reset timeouts and kills a hung or crashed child, with the whole process
+process``: the parent enforces start/step/reset timeouts and kills a hung or crashed child, with the whole process
 group, so MineRL's Java dies too) or in this process (``inprocess``: no IPC cost, catches exceptions only).
 
 On a failure it drops the broken simulator, returns the last good frame as a *truncated* step with
@@ -93,8 +93,7 @@ class _ChildProcess:
     """
 
     def __init__(self, factory: Callable[[], gym.Env], options: RobustOptions):
-        # Creating a simulator may take as long as resetting one (MineRL starts Minecraft).
-        self._timeouts = {"create": options.reset_timeout_s, "reset": options.reset_timeout_s,
+        self._timeouts = {"create": options.start_timeout_s, "reset": options.reset_timeout_s,
                           "step": options.step_timeout_s, "close": 5.0}
         parent_sock, child_sock = socket.socketpair()
         code = f"from vpt_ray.envs.robust import _child_main; _child_main({child_sock.fileno()})"
