@@ -34,6 +34,7 @@ def ray_local():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # a cluster of our own, never one another process on this machine started
             num_cpus=4,
             include_dashboard=False,
             object_store_memory=512 * 1024**2,
