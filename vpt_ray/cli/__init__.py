@@ -14,8 +14,14 @@ import sys
 
 # subcommand -> module under vpt_ray.cli; the order is the order of `vpt-ray --help`.
 COMMANDS: dict[str, str] = {
+    "record": "record",
     "status": "status",
     "scale": "scale",
+    "submit": "submit",
+    "jobs": "jobs",
+    "logs": "logs",
+    "filter": "filter",
+    "label": "label",
 }
 
 
