@@ -48,8 +48,16 @@ MINECRAFT_ITEMS: frozenset[str] = frozenset(
 ITEMS_BY_KIND: dict[str, frozenset[str]] = {"crafter": CRAFTER_ITEMS, "minerl": MINECRAFT_ITEMS}
 
 
-def minecraft_item_counts(inventory: dict[str, int], items: tuple[str, ...]) -> dict[str, int]:
-    """Counts of ``items`` (group names summed over their ids) in a MineRL inventory."""
-    return {
-        item: sum(int(inventory.get(i, 0)) for i in MINECRAFT_ITEM_GROUPS.get(item, (item,))) for item in items
-    }
+# MineRL item id -> the names it counts toward (itself and its Table 7 group).
+_NAMES_OF_ID: dict[str, tuple[str, ...]] = {
+    i: (i, *(group for group, ids in MINECRAFT_ITEM_GROUPS.items() if i in ids)) for i in MINECRAFT_ITEMS
+}
+
+
+def minecraft_item_counts(inventory: dict[str, int]) -> dict[str, int]:
+    """Counts of the known item names (group names summed over their ids) that a MineRL inventory holds."""
+    counts: dict[str, int] = {}
+    for item_id, n in inventory.items():
+        for name in _NAMES_OF_ID.get(item_id, ()):
+            counts[name] = counts.get(name, 0) + int(n)
+    return counts

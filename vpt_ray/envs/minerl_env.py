@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from vpt_ray.actions.minecraft import ENV_KEYS, arrays_to_env_action, env_action_to_arrays
-from vpt_ray.envs.items import MINECRAFT_ITEMS, minecraft_item_counts
+from vpt_ray.envs.items import minecraft_item_counts
 from vpt_ray.spec import EnvSpec, MineRLOptions
 
 INSTALL_HINT = (
@@ -87,17 +87,16 @@ def _inventory(obs: Mapping[str, Any]) -> dict[str, int]:
 class InventoryGains:
     """Units newly obtained per step = increases of each item's count (group names summed) since the last step."""
 
-    def __init__(self, items: tuple[str, ...] = tuple(sorted(MINECRAFT_ITEMS))):
-        self.items = items
+    def __init__(self):
         self._counts: dict[str, int] = {}
 
     def reset(self, inventory: Mapping[str, int]) -> None:
-        self._counts = minecraft_item_counts(dict(inventory), self.items)
+        self._counts = minecraft_item_counts(dict(inventory))
 
     def update(self, inventory: Mapping[str, int]) -> dict[str, int]:
-        counts = minecraft_item_counts(dict(inventory), self.items)
+        counts = minecraft_item_counts(dict(inventory))
         # A death empties the inventory; picking the items up again counts as obtaining them again.
-        gains = {item: n - self._counts[item] for item, n in counts.items() if n > self._counts[item]}
+        gains = {item: n - self._counts.get(item, 0) for item, n in counts.items() if n > self._counts.get(item, 0)}
         self._counts = counts
         return gains
 
