@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "logs": "logs",
     "filter": "filter",
     "label": "label",
+    "shard": "shard",
 }
 
 

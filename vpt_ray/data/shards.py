@@ -798,3 +798,132 @@ class SegmentStreams:
                       None if chunk.actions is None else {k: v[n:] for k, v in chunk.actions.items()},
                       None if chunk.null is None else chunk.null[n:], False, chunk.episode,
                       chunk.frame_index + n if chunk.frame_index >= 0 else -1, chunk.n - n)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- human-labeled recordings
+
+
+def recording_to_shard(stem: str | os.PathLike, shard: str | os.PathLike, *, episode_id: str | None = None,
+                       frame_size: Sequence[int] | None = None,
+                       max_record_frames: int = DEFAULT_RECORD_FRAMES) -> int:  # fmt: skip
+    """Convert one labeled contractor-format recording (``vpt_ray.data.recordings``) into shard ``shard``
+    (labeler "human"), streaming its frames; ``frame_size`` (H, W) resizes them (cv2 INTER_LINEAR, as VPT does).
+    Returns the frame count. A bad recording raises ``RecordingError`` and leaves no shard."""
+    from vpt_ray.data import recordings as rec
+
+    stem = rec.stem_of(stem)
+    meta = rec.read_meta(stem)
+    if not meta["labeled"]:
+        raise rec.RecordingError(f"{stem}: not a labeled recording (no actions to train on)")
+    actions_file = stem.with_name(stem.name + rec.ACTIONS_SUFFIX)
+    actions, null = rec.steps_to_env_arrays(rec.read_steps(stem), meta["action_space"], actions_file)
+    n = meta["n_frames"]
+    if len(null) != n:
+        raise rec.RecordingError(f"{actions_file}: {len(null)} lines, but the video has {n} frames (one line per frame)")
+    if n == 0:
+        raise rec.RecordingError(f"{stem}: no frames")
+    height, width = (int(x) for x in (frame_size or meta["frame_size"]))
+    resize = (height, width) != tuple(meta["frame_size"])
+    video = str(stem.with_name(stem.name + rec.VIDEO_SUFFIX))
+    provenance = {"recording": str(stem), "task": meta.get("task"), "seed": meta.get("seed"),
+                  "source_frame_size": list(meta["frame_size"])}  # fmt: skip
+    episode_id = episode_id or stem.name
+
+    def flush(writer: ShardWriter, buf: list[np.ndarray], start: int) -> None:
+        stop = start + len(buf)
+        writer.write(np.stack(buf), episode_id=episode_id, source=video, frame_start=start, first=start == 0,
+                     actions={k: v[start:stop] for k, v in actions.items()}, null=null[start:stop])  # fmt: skip
+
+    with ShardWriter(shard, meta["action_space"], (height, width, 3), meta=provenance,
+                     max_record_frames=max_record_frames) as writer:  # fmt: skip
+        buf: list[np.ndarray] = []
+        start = 0
+        for frame in rec.iter_frames(stem):
+            if resize:
+                import cv2
+
+                frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
+            buf.append(frame)
+            if len(buf) == max_record_frames:
+                flush(writer, buf, start)
+                start += len(buf)
+                buf = []
+        if buf:
+            flush(writer, buf, start)
+    return n
+
+
+def _convert_one(stem: str, shard: str, episode_id: str, frame_size, max_record_frames: int) -> tuple[int, str | None]:
+    from vpt_ray.data.recordings import RecordingError
+
+    try:
+        return recording_to_shard(stem, shard, episode_id=episode_id, frame_size=frame_size,
+                                  max_record_frames=max_record_frames), None  # fmt: skip
+    except (RecordingError, ValueError) as e:  # ValueError: values the shard's action space refuses
+        return 0, str(e) if str(stem) in str(e) else f"{stem}: {e}"
+
+
+@dataclasses.dataclass
+class ConversionSummary:
+    """What :func:`recordings_to_shards` did: shards written, shards already there, recordings skipped."""
+
+    written: list[str] = dataclasses.field(default_factory=list)
+    existing: list[str] = dataclasses.field(default_factory=list)
+    bad: dict[str, str] = dataclasses.field(default_factory=dict)
+    frames: int = 0
+
+
+def recordings_to_shards(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                         frame_size: Sequence[int] | None = None, overwrite: bool = False, workers: int = 0,
+                         max_record_frames: int = DEFAULT_RECORD_FRAMES, progress: bool = False) -> ConversionSummary:  # fmt: skip
+    """Convert every labeled recording under ``recording_dir`` into ``out_dir/<relative stem>.vshard``.
+
+    Shards already present are kept (rerun after an interruption converts the rest) unless ``overwrite``. Bad
+    recordings are skipped and reported in ``bad`` (stem -> error). ``workers`` > 0 converts in that many
+    Ray tasks at once (on the connected cluster; Ray starts a local one if none is); 0 converts in this process.
+    """
+    from tqdm import tqdm
+
+    from vpt_ray.data.recordings import iter_recordings
+
+    recording_dir, out_dir = Path(recording_dir), Path(out_dir)
+    summary = ConversionSummary()
+    todo = []
+    for stem in iter_recordings(recording_dir, labeled=True):
+        rel = stem.relative_to(recording_dir).as_posix()
+        shard = out_dir / (rel + SHARD_SUFFIX)
+        if shard.exists() and not overwrite:
+            summary.existing.append(str(shard))
+        else:
+            todo.append((str(stem), str(shard), rel, None if frame_size is None else tuple(frame_size), max_record_frames))
+    bar = tqdm(total=len(todo), desc="shard", unit="recording", disable=not progress)
+
+    def done(args, result):
+        frames, error = result
+        if error is None:
+            summary.written.append(args[1])
+            summary.frames += frames
+        else:
+            summary.bad[args[0]] = error
+            logger.warning("skipping recording: %s", error)
+        bar.update(1)
+
+    try:
+        if workers <= 0:
+            for args in todo:
+                done(args, _convert_one(*args))
+        else:
+            import ray
+
+            task = ray.remote(num_cpus=1)(_convert_one)
+            pending: dict[Any, tuple] = {}
+            queue = list(todo)
+            while queue or pending:
+                while queue and len(pending) < workers:
+                    args = queue.pop(0)
+                    pending[task.remote(*args)] = args
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                done(pending.pop(ready[0]), ray.get(ready[0]))
+    finally:
+        bar.close()
+    return summary
