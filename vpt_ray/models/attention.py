@@ -83,16 +83,15 @@ def episode_ids(first_bt: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(first_bt.to(torch.int32), dim=1)
 
 
-def clipped_causal_mask(first_bt: torch.Tensor, mem_mask_bm: torch.Tensor, maxlen: int) -> torch.Tensor:
+def clipped_causal_mask(ep_bt: torch.Tensor, mem_mask_bm: torch.Tensor, maxlen: int) -> torch.Tensor:
     """Which of the M + t keys each of the t queries may attend to: bool (B, t, M + t).
 
-    Key at absolute position p (memory 0..M-1, then the call's frames) is visible to query r (position M + r)
-    when it lies in the clipped-causal band r < p <= M + r, belongs to the query's episode, and (for memory)
-    is valid.
+    ``ep_bt`` are the frames' :func:`episode_ids`. Key at absolute position p (memory 0..M-1, then the call's
+    frames) is visible to query r (position M + r) when it lies in the clipped-causal band r < p <= M + r,
+    belongs to the query's episode, and (for memory) is valid.
     """
-    t = first_bt.shape[1]
-    device = first_bt.device
-    ep_bt = episode_ids(first_bt)
+    t = ep_bt.shape[1]
+    device = ep_bt.device
     r = torch.arange(t, device=device)[:, None]
     p = torch.arange(maxlen + t, device=device)[None, :]
     band_tT = (p > r) & (p <= maxlen + r)
@@ -110,14 +109,14 @@ class MaskedAttention(nn.Module):
         self.clipped_causal = clipped_causal
         self.orc_block = RelativeSelfAttention(hidsize, heads, maxlen, init_scale)
 
-    def forward(self, x_bte: torch.Tensor, first_bt: torch.Tensor, mask_bm: torch.Tensor, k_bme: torch.Tensor,
+    def forward(self, x_bte: torch.Tensor, ep_bt: torch.Tensor, mask_bm: torch.Tensor, k_bme: torch.Tensor,
                 v_bme: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
+        """``ep_bt``: :func:`episode_ids` of the call's frames; mask/k/v: this block's memory."""
         m = self.maxlen
         # "none" (the IDM) attends to everything, memory included, as the released code does.
-        allowed = clipped_causal_mask(first_bt, mask_bm, m) if self.clipped_causal else None
+        allowed = clipped_causal_mask(ep_bt, mask_bm, m) if self.clipped_causal else None
         out_bte, k_bTe, v_bTe = self.orc_block(x_bte, k_bme, v_bme, allowed)
         # A memory entry stays valid for the next call if it belongs to the episode of the call's last frame.
-        ep_bt = episode_ids(first_bt)
         last_b1 = ep_bt[:, -1:]
         new_mask = torch.cat([mask_bm & (last_b1 == 0), ep_bt == last_b1], dim=1)
         keep = k_bTe.shape[1] - m
@@ -143,8 +142,8 @@ class ResidualRecurrentBlock(nn.Module):
         self.pre_r_ln = nn.LayerNorm(hid)
         self.r = MaskedAttention(hid, cfg.attention_heads, cfg.maxlen, cfg.attention_mask_style == "clipped_causal", s)
 
-    def forward(self, x_bte, first_bt, mask_bm, k_bme, v_bme):
-        x_bte, state = self.r(self.pre_r_ln(x_bte), first_bt, mask_bm, k_bme, v_bme)
+    def forward(self, x_bte, ep_bt, mask_bm, k_bme, v_bme):
+        x_bte, state = self.r(self.pre_r_ln(x_bte), ep_bt, mask_bm, k_bme, v_bme)
         if self.use_pointwise_layer:
             mlp_bte = self.mlp1(self.mlp0(x_bte))
             x_bte = x_bte + mlp_bte if self.is_residual else mlp_bte
@@ -162,8 +161,9 @@ class ResidualRecurrentBlocks(nn.Module):
 
     def forward(self, x_bte: torch.Tensor, first_bt: torch.Tensor, state: dict[str, torch.Tensor]):
         masks, ks, vs = [], [], []
+        ep_bt = episode_ids(first_bt)
         for i, block in enumerate(self.blocks):
-            x_bte, (mask, k, v) = block(x_bte, first_bt, state["mask"][:, i], state["k"][:, i], state["v"][:, i])
+            x_bte, (mask, k, v) = block(x_bte, ep_bt, state["mask"][:, i], state["k"][:, i], state["v"][:, i])
             masks.append(mask)
             ks.append(k)
             vs.append(v)

@@ -92,11 +92,12 @@ class VPTPolicy(nn.Module):
         return self.net.initial_state(batch_size, device=self.device if device is None else device)
 
     def _check_state(self, state: dict[str, torch.Tensor], batch: int) -> None:
-        expected = {key: tuple(v.shape) for key, v in self.net.initial_state(batch, device="meta").items()}
         if not isinstance(state, dict) or set(state) != set(STATE_KEYS):
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"state must be a dict with keys {list(STATE_KEYS)}, got {got}")
-        for key, shape in expected.items():
+        net = self.config.net
+        mask_shape = (batch, net.n_recurrence_layers, net.maxlen)
+        for key, shape in (("mask", mask_shape), ("k", (*mask_shape, net.hidsize)), ("v", (*mask_shape, net.hidsize))):
             if tuple(state[key].shape) != shape:
                 raise ValueError(f"state[{key!r}] must have shape {shape}, got {tuple(state[key].shape)}")
         if state["mask"].dtype != torch.bool:
@@ -131,7 +132,8 @@ class VPTPolicy(nn.Module):
             return {k: lp.argmax(dim=-1) for k, lp in logprobs.items()}
         out = {}
         for k, lp in logprobs.items():
-            u = torch.rand(lp.shape, generator=generator, device=lp.device, dtype=lp.dtype)
+            device = generator.device if generator is not None else lp.device
+            u = torch.rand(lp.shape, generator=generator, device=device, dtype=lp.dtype).to(lp.device)
             out[k] = (lp - torch.log(-torch.log(u))).argmax(dim=-1)
         return out
 
