@@ -15,6 +15,8 @@ import sys
 # subcommand -> module under vpt_ray.cli; the order is the order of `vpt-ray --help`.
 COMMANDS: dict[str, str] = {
     "record": "record",
+    "train-idm": "train_idm",
+    "train-bc": "train_bc",
     "status": "status",
     "scale": "scale",
     "submit": "submit",
