@@ -24,6 +24,17 @@ def reference_dir() -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Small models run fastest on one torch thread, and the machine's cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def ray_local():
     """A local Ray cluster without the dashboard (it costs ~1 GiB), shared by the tests that use it.
 
@@ -121,6 +132,21 @@ def redis_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def crafter_shards(tmp_path_factory) -> Path:
+    """Real labeled Crafter data: 4 scripted-player episodes of 150 steps, recorded (mp4 + jsonl) and converted
+    to shards (one per episode). Read-only: copy it to add or damage files."""
+    from vpt_ray.data.recordings import record_episodes
+    from vpt_ray.data.shards import recordings_to_shards
+
+    root = tmp_path_factory.mktemp("crafter_data")
+    result = record_episodes("crafter-tech-tree", root / "recordings", 4, seed=0, max_steps=150, progress=False)
+    assert not result["failed"], result["failed"]
+    summary = recordings_to_shards(root / "recordings", root / "shards")
+    assert len(summary.written) == 4 and not summary.bad, summary
+    return root / "shards"
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -15,46 +15,28 @@ import torch
 from vpt_ray.models import InverseDynamicsModel, VPTPolicy, config_from_official
 from vpt_ray.models.heads import EwmaNormalizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small models run fastest on one thread, and the shared CI cores are often busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def load_reference(d, kwargs_key, kind):
+    cfg = json.loads((d / "config.json").read_text())
+    config = config_from_official(cfg[kwargs_key], cfg["pi_head_kwargs"]["temperature"], kind)
+    model = (VPTPolicy if kind == "policy" else InverseDynamicsModel)(config).eval()
+    model.load_state_dict(torch.load(d / "state_dict.pt", weights_only=True), strict=True)
+    inputs, outputs = (torch.load(d / f"{name}.pt", weights_only=True) for name in ("inputs", "outputs"))
+    return {"cfg": cfg, "model": model, "inputs": inputs, "outputs": outputs}
 
 
 @pytest.fixture(scope="module")
 def foundation(reference_dir):
-    d = reference_dir / "foundation"
-    cfg = json.loads((d / "config.json").read_text())
-    config = config_from_official(cfg["policy_kwargs"], cfg["pi_head_kwargs"]["temperature"], "policy")
-    model = VPTPolicy(config).eval()
-    model.load_state_dict(torch.load(d / "state_dict.pt", weights_only=True), strict=True)
-    return {
-        "cfg": cfg,
-        "model": model,
-        "inputs": torch.load(d / "inputs.pt", weights_only=True),
-        "outputs": torch.load(d / "outputs.pt", weights_only=True),
-    }
+    return load_reference(reference_dir / "foundation", "policy_kwargs", "policy")
 
 
 @pytest.fixture(scope="module")
 def idm(reference_dir):
-    d = reference_dir / "idm"
-    cfg = json.loads((d / "config.json").read_text())
-    config = config_from_official(cfg["idm_net_kwargs"], cfg["pi_head_kwargs"]["temperature"], "idm")
-    model = InverseDynamicsModel(config).eval()
-    model.load_state_dict(torch.load(d / "state_dict.pt", weights_only=True), strict=True)
-    return {
-        "cfg": cfg,
-        "model": model,
-        "inputs": torch.load(d / "inputs.pt", weights_only=True),
-        "outputs": torch.load(d / "outputs.pt", weights_only=True),
-    }
+    return load_reference(reference_dir / "idm", "idm_net_kwargs", "idm")
 
 
 def capture(model, names):

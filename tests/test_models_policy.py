@@ -12,14 +12,7 @@ import torch
 from vpt_ray.config import from_dict
 from vpt_ray.models import InverseDynamicsModel, ModelConfig, VPTPolicy, load_preset
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small models run fastest on one thread, and the shared CI cores are often busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY_NET = {
     "img_shape": [24, 20, 3],  # non-square

@@ -77,11 +77,7 @@ class VPTPolicy(nn.Module):
     # ----------------------------------------------------------------------------------------------- running
     @property
     def device(self) -> torch.device:
-        return self.final_weight.device
-
-    @property
-    def final_weight(self) -> torch.Tensor:
-        return self.net.final_ln.weight
+        return self.net.final_ln.weight.device
 
     @property
     def value_normalizer(self) -> EwmaNormalizer:
@@ -139,6 +135,7 @@ class VPTPolicy(nn.Module):
 
     def log_prob(self, logprobs: dict[str, torch.Tensor], actions: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, T): sum over heads of log p(action), each head masked by ``policy_loss_masks(actions)``."""
+        actions = {k: torch.as_tensor(a, device=logprobs[k].device) for k, a in actions.items()}
         masks = self.action_space.policy_loss_masks(actions)
         total = 0.0
         for k, lp in logprobs.items():
@@ -170,7 +167,7 @@ class VPTPolicy(nn.Module):
     @torch.no_grad()
     def add_aux_value_head(self, generator: torch.Generator | None = None) -> nn.Linear:
         """Attach PPG's auxiliary value head (one linear layer on the latent), randomly initialised."""
-        ref = self.final_weight
+        ref = self.net.final_ln.weight
         aux = nn.Linear(self.config.net.hidsize, 1, device=ref.device, dtype=ref.dtype)
         aux.weight.copy_(torch.randn(aux.weight.shape, generator=generator))
         fan_in_init_(aux, AUX_VALUE_INIT_SCALE)
