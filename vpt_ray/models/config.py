@@ -96,6 +96,8 @@ class NetConfig:
             raise ValueError(f"n_recurrence_layers must be >= 1, got {self.n_recurrence_layers}")
         if not self.impala_chans or min(self.impala_chans) <= 0 or self.impala_width <= 0:
             raise ValueError(f"impala_chans and impala_width must be positive, got {self.impala_chans} x {self.impala_width}")
+        if self.use_pointwise_layer and self.pointwise_ratio < 1:
+            raise ValueError(f"pointwise_ratio must be >= 1, got {self.pointwise_ratio}")
         if self.timesteps <= 0:
             raise ValueError(f"timesteps must be positive, got {self.timesteps}")
         if self.maxlen < 0:
