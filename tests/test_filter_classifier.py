@@ -42,11 +42,18 @@ def test_handcrafted_embedding_is_deterministic_and_sized():
     # any frame size works (squashed to size x size), e.g. MineRL's 640x360
     assert emb.embed(_frames(2, size=(360, 640))).shape == (2, emb.dim)
     assert emb.embed(np.zeros((0, 64, 64, 3), np.uint8)).shape == (0, emb.dim)
-    # a uniform frame: one histogram bin, no edges anywhere
+    # a uniform grey frame: one histogram bin, no edges, nothing saturated
+    n_hist, n_cells, n_fine = emb.hue_bins * 9, emb.grid**2 * 6, (2 * emb.grid) ** 2
     flat = emb.embed(np.full((1, 64, 64, 3), 128, np.uint8))[0]
-    hist = flat[: emb.hue_bins * 9]
+    hist = flat[:n_hist]
     assert np.isclose(hist.max(), 1.0) and np.count_nonzero(hist) == 1
-    assert np.all(flat[emb.hue_bins * 9 + emb.grid**2 * 6 :] == 0)
+    assert np.all(flat[n_hist + n_cells :] == 0)
+    # a flat red logo in the top-left quarter: flat-saturated share 1 in its fine cells, 0 elsewhere
+    logo = np.full((1, 64, 64, 3), 128, np.uint8)
+    logo[0, :32, :32] = (230, 30, 40)
+    share = emb.embed(logo)[0, n_hist + n_cells + n_fine :].reshape(2 * emb.grid, 2 * emb.grid)
+    assert share[: emb.grid - 1, : emb.grid - 1].min() == 1.0  # cells inside the logo (not on its edge)
+    assert share[emb.grid :, :].max() == 0.0 and share[:, emb.grid :].max() == 0.0
     with pytest.raises(EmbeddingError, match=r"uint8 frames of shape \(N, H, W, 3\)"):
         emb.embed(np.zeros((2, 64, 64), np.uint8))
     with pytest.raises(EmbeddingError, match="divisible"):

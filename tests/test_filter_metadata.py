@@ -7,7 +7,6 @@ import pytest
 from vpt_ray.filter.metadata import (
     BLACKLIST,
     blacklist_match,
-    clip_segments,
     early_game_match,
     is_blacklisted,
     is_early_game,
@@ -135,10 +134,3 @@ def test_early_game_description_and_line_scope():
     # "new ... world" must be on one line: a "new" in the title does not pair with "world" in the description
     assert not is_early_game("New shaders!", "best world tour")
     assert not is_early_game("Showcasing new shaders\nbest world tour")
-
-
-def test_clip_segments_first_five_minutes():
-    fps = 20
-    limit = 300 * fps
-    assert clip_segments([[0, 1000], [5800, 7000], [6000, 9000]], limit) == [[0, 1000], [5800, 6000]]
-    assert clip_segments([], limit) == []

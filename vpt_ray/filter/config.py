@@ -33,7 +33,7 @@ class FilterConfig:
 class TrainConfig:
     """How the frame classifier (embedding + RBF SVM) is trained."""
 
-    # frames sampled per class: clean (survival, no artifacts), artifacts (survival with overlays), other
+    # frames sampled per class: clean (survival, no artifacts), artifacts (survival with overlays), none
     samples_per_class: tuple[int, int, int] = (2200, 2200, 4400)
     embedding: str = "handcrafted"  # a name in the embedding registry
     embedding_options: dict[str, Any] = field(default_factory=dict)

@@ -6,7 +6,8 @@ separately (a match never spans the two):
 - the **blacklist** drops console/pocket editions, timelapses, multiplayer, skyblock, tutorials about installing,
   animations ... (footage whose controls or view differ from the PC survival game);
 - the **early-game keywords** pick videos that start a fresh world ("episode 1", "day 1", "new world", "from
-  scratch", ...); the ``earlygame_keyword`` dataset keeps only their first 5 minutes (:func:`clip_segments`).
+  scratch", ...); the ``earlygame_keyword`` dataset keeps only their first 5 minutes
+  (``FilterConfig.early_game_only``: the filter then decodes no further).
 """
 
 from __future__ import annotations
@@ -65,15 +66,6 @@ def early_game_match(title: str, description: str = "") -> str | None:
 
 def is_early_game(title: str, description: str = "") -> bool:
     return early_game_match(title, description) is not None
-
-
-def clip_segments(segments: list[list[int]], end_frame: int) -> list[list[int]]:
-    """Cut ``[start, end)`` frame segments at ``end_frame`` (e.g. 5 min x fps for the early-game set)."""
-    out = []
-    for start, end in segments:
-        if start < end_frame:
-            out.append([start, min(end, end_frame)])
-    return out
 
 
 def _first_match(patterns, title: str, description: str) -> str | None:

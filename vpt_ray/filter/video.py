@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,6 @@ class DecodeStats:
 
     fps: float = 0.0
     n_frames: int = 0  # frames decoded
-    sample_idx: list[int] = field(default_factory=list)
 
 
 def iter_sampled_frames(
@@ -108,7 +107,6 @@ def _decode(
                     frame_buf.append(frame.to_ndarray(format="rgb24"))
                     next_idx = next(todo, None)
                     if len(frame_buf) == batch_size:
-                        stats.sample_idx.extend(idx_buf)
                         yield np.asarray(idx_buf, dtype=np.int64), np.stack(frame_buf)
                         idx_buf, frame_buf = [], []
                 n += 1
@@ -121,7 +119,6 @@ def _decode(
             # the container promised more: a truncated file whose decoder gave up quietly
             raise VideoError(f"{path}: truncated: decoded {n} of {stream.frames} frames")
         if frame_buf:
-            stats.sample_idx.extend(idx_buf)
             yield np.asarray(idx_buf, dtype=np.int64), np.stack(frame_buf)
 
 
