@@ -27,10 +27,10 @@ from vpt_ray.bc.config import BCTrainConfig
 from vpt_ray.bc.data import FilteredStreams
 from vpt_ray.bc.loss import BCMetrics, bc_loss
 from vpt_ray.config import ConfigError, from_dict, to_dict
-from vpt_ray.data.shards import Episode, SegmentStreams, ShardIndex, episodes_of
+from vpt_ray.data.shards import Episode, SegmentStreams, ShardIndex, StreamBatch, episodes_of
 from vpt_ray.idm.data import split_between_workers
 from vpt_ray.models import ModelConfig, VPTPolicy, build_model, load_checkpoint, load_official, load_preset
-from vpt_ray.training.data import DataError, heldout_episodes, open_shards
+from vpt_ray.training.data import DataError, heldout_episodes, open_shards, resolve_data
 from vpt_ray.training.job import WorkerSession, ensure_ray, prepare_run_dir, run_train_job, save_train_state
 from vpt_ray.training.optim import build_optimizer, clip_gradients
 
@@ -68,11 +68,12 @@ def train_bc(cfg: BCTrainConfig, data: Sequence[str | Path], run_dir: str | Path
     if cfg.init is not None:
         cfg = dataclasses.replace(cfg, init=str(Path(cfg.init).resolve()))
     model_cfg = resolve_model(cfg)
-    data = [str(Path(p).resolve()) for p in data]
-    val = [str(Path(p).resolve()) for p in val_data] if val_data else None
-    open_shards(data, action_space=model_cfg.action_space)
+    frame_shape = (*model_cfg.net.img_shape[:2], 3)
+    data = resolve_data(data, run_dir, frame_shape[:2])
+    val = resolve_data(val_data, run_dir, frame_shape[:2], role="val") if val_data else None
+    open_shards(data, action_space=model_cfg.action_space, frame_shape=frame_shape)
     if val:
-        open_shards(val, action_space=model_cfg.action_space)
+        open_shards(val, action_space=model_cfg.action_space, frame_shape=frame_shape)
     job = {**to_dict(cfg), "model_config": to_dict(model_cfg), "data": data, "val_data": val}
     prepare_run_dir(run_dir, job)
     ensure_ray(address)
@@ -95,6 +96,22 @@ def make_streams(indexes: Sequence[ShardIndex], episodes: Sequence[Episode], bat
     return streams
 
 
+def forward_chunk(net: torch.nn.Module, action_space, batch: StreamBatch, memory: dict[str, torch.Tensor] | None,
+                  device: torch.device):  # fmt: skip
+    """One chunk of B streams through the policy, continuing each row's memory.
+
+    ``net``: the policy (or its DDP wrapper); ``memory``: the state after the previous chunk of the same rows
+    (None: empty). Returns (output, labels head -> int64 (B, T), valid (B, T), memory for the next chunk); the
+    memory is detached (Transformer-XL: a stop-gradient context), ``first_bt`` resets it inside the call.
+    """
+    frames = torch.from_numpy(batch.frames_bthwc).to(device)
+    first = torch.from_numpy(batch.first_bt).to(device)
+    out = net(frames, first, memory)
+    labels = {k: torch.from_numpy(v).to(device) for k, v in action_space.to_policy(batch.actions).items()}
+    valid = torch.from_numpy(batch.valid_bt).to(device)
+    return out, labels, valid, {k: v.detach() for k, v in out.state.items()}
+
+
 @torch.no_grad()
 def evaluate_bc(model: VPTPolicy, streams: SegmentStreams, *, min_run: int | None, camera_mask: bool,
                 max_frames: int | None = None) -> BCMetrics:  # fmt: skip
@@ -104,15 +121,12 @@ def evaluate_bc(model: VPTPolicy, streams: SegmentStreams, *, min_run: int | Non
         return metrics
     was_training = model.training
     model.eval()
-    state = None
+    memory = None
     for batch in FilteredStreams(streams, min_run, epochs=1):
         if max_frames is not None and metrics.sums["frames"] >= max_frames:
             break
-        out = model(torch.from_numpy(batch.frames_bthwc).to(model.device),
-                    torch.from_numpy(batch.first_bt).to(model.device), state)  # fmt: skip
-        state = out.state
-        labels = {k: torch.from_numpy(v).to(model.device) for k, v in model.action_space.to_policy(batch.actions).items()}
-        metrics.update(out.logprobs, labels, torch.from_numpy(batch.valid_bt).to(model.device))
+        out, labels, valid, memory = forward_chunk(model, model.action_space, batch, memory, model.device)
+        metrics.update(out.logprobs, labels, valid)
     model.train(was_training)
     return metrics
 
@@ -159,6 +173,7 @@ def bc_worker_loop(job: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch = int(state["step"]), int(state["data_epoch"]) + 1
+    start_step = step
     net = session.wrap_model(model)
     device = session.device
     streams = FilteredStreams(train_streams, min_run, start_epoch=epoch)
@@ -181,12 +196,9 @@ def bc_worker_loop(job: dict[str, Any]) -> None:
         t0 = time.monotonic()
         batch = next(batches)
         t_data += time.monotonic() - t0
-        labels = {k: torch.from_numpy(v).to(device) for k, v in model.action_space.to_policy(batch.actions).items()}
-        out = net(torch.from_numpy(batch.frames_bthwc).to(device), torch.from_numpy(batch.first_bt).to(device), memory)
-        loss, parts = bc_loss(model.action_space, out.logprobs, labels, torch.from_numpy(batch.valid_bt).to(device),
-                              cfg.camera_mask)  # fmt: skip
-        # Transformer-XL: the next chunk of each row continues this one; memory is a stop-gradient context.
-        memory = {k: v.detach() for k, v in out.state.items()}
+        # Transformer-XL: each row's next chunk continues this one.
+        out, labels, valid, memory = forward_chunk(net, model.action_space, batch, memory, device)
+        loss, parts = bc_loss(model.action_space, out.logprobs, labels, valid, cfg.camera_mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = clip_gradients(model, cfg.optim)
@@ -208,8 +220,9 @@ def bc_worker_loop(job: dict[str, Any]) -> None:
                                   max_frames=cfg.schedule.eval_frames)  # fmt: skip
             metrics.load_vector(session.sum_across_workers(torch.from_numpy(metrics.vector())).numpy())
             results = {f"eval/{k}": v for k, v in metrics.compute().items()}
-            results.update({"step": step, "epoch": step / steps_per_epoch, "train/loss": loss.item(),
+            results.update({"step": step, "resumed_from_step": start_step, "epoch": step / steps_per_epoch,
+                            "train/loss": loss.item(),
                             "data/bad_shards": bad_count()})  # fmt: skip
-            session.scalars(results, step)
+            session.scalars({k: v for k, v in results.items() if k.startswith("eval/")}, step)
             session.report(results, step, save)
     session.close()

@@ -68,7 +68,7 @@ class IDMMetrics:
                 self.sums[f"{head}/{name}/correct"] += float(correct[:, i].sum())
         self.sums["exact"] += float(exact.sum())
         if "camera" in space.idm_heads:
-            pred_deg = space.from_idm({k: np.asarray(v) for k, v in pred_idm.items()})["camera"].astype(np.float64)
+            pred_deg = np.asarray(space.quantizer.undiscretize(np.asarray(pred_idm["camera"])), np.float64)
             limit = space.quantizer.maxval
             true_deg = np.clip(np.asarray(true_env["camera"], np.float64), -limit, limit)
             for i, axis in enumerate(CAMERA_AXES):

@@ -23,7 +23,7 @@ from vpt_ray.idm.infer import idm_loss, predict_video
 from vpt_ray.idm.metrics import IDMMetrics
 from vpt_ray.models import InverseDynamicsModel, ModelConfig, build_model, load_preset
 from vpt_ray.training.augment import ClipAugmenter
-from vpt_ray.training.data import all_episode_ids, heldout_episodes, open_shards
+from vpt_ray.training.data import all_episode_ids, heldout_episodes, open_shards, resolve_data
 from vpt_ray.training.job import WorkerSession, ensure_ray, prepare_run_dir, run_train_job, save_train_state
 from vpt_ray.training.optim import build_optimizer, clip_gradients
 
@@ -43,11 +43,12 @@ def train_idm(cfg: IDMTrainConfig, data: Sequence[str | Path], run_dir: str | Pa
     labeled shards of the model's action space.
     """
     model_cfg = resolve_model(cfg)
-    data = [str(Path(p).resolve()) for p in data]
-    val = [str(Path(p).resolve()) for p in val_data] if val_data else None
-    open_shards(data, action_space=model_cfg.action_space)
+    frame_shape = (*model_cfg.net.img_shape[:2], 3)
+    data = resolve_data(data, run_dir, frame_shape[:2])
+    val = resolve_data(val_data, run_dir, frame_shape[:2], role="val") if val_data else None
+    open_shards(data, action_space=model_cfg.action_space, frame_shape=frame_shape)
     if val:
-        open_shards(val, action_space=model_cfg.action_space)
+        open_shards(val, action_space=model_cfg.action_space, frame_shape=frame_shape)
     job = {**to_dict(cfg), "model_config": to_dict(model_cfg), "data": data, "val_data": val}
     prepare_run_dir(run_dir, job)
     ensure_ray(address)
@@ -108,6 +109,7 @@ def idm_worker_loop(job: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch = int(state["step"]), int(state["data_epoch"]) + 1
+    start_step = step
     # Distinct transforms per worker, and fresh ones after a resume (seeded by the step it resumes at).
     augmenter = ClipAugmenter(cfg.augment, seed=int(np.random.SeedSequence([cfg.seed, rank, step]).generate_state(1)[0]))
     net = session.wrap_model(model)
@@ -151,8 +153,9 @@ def idm_worker_loop(job: dict[str, Any]) -> None:
             summed = session.sum_across_workers(torch.from_numpy(metrics.vector()))
             metrics.load_vector(summed.numpy())
             results = {f"eval/{k}": v for k, v in metrics.compute().items()}
-            results.update({"step": step, "epoch": step / steps_per_epoch, "train/loss": loss.item(),
+            results.update({"step": step, "resumed_from_step": start_step, "epoch": step / steps_per_epoch,
+                            "train/loss": loss.item(),
                             "data/bad_shards": bad.count})  # fmt: skip
-            session.scalars(results, step)
+            session.scalars({k: v for k, v in results.items() if k.startswith("eval/")}, step)
             session.report(results, step, save)
     session.close()

@@ -9,7 +9,8 @@ from typing import Any
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_recipe: str, kind: str) -> None:
     parser.add_argument("data", nargs="+", metavar="DATA",
-                        help="labeled shard files or directories of them (*.vshard)")  # fmt: skip
+                        help="labeled shard files or directories of them (*.vshard), or directories of labeled "
+                             "recordings (converted into RUN_DIR/shards first)")  # fmt: skip
     parser.add_argument("--out", required=True, metavar="RUN_DIR",
                         help="run directory (checkpoints, TensorBoard, final model); rerun with the same one to resume")  # fmt: skip
     parser.add_argument("--recipe", default=default_recipe, metavar="NAME|YAML",

@@ -143,6 +143,12 @@ def parse_overrides(items: list[str] | tuple[str, ...], where: str = "--set") ->
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f"{where}: value of {key!r} is not valid YAML: {e}") from None
+        if isinstance(value, str):
+            # YAML 1.1 reads 2e-4 (no dot) as a string; on a command line it means the number.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:

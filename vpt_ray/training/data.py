@@ -14,10 +14,11 @@ class DataError(ValueError):
     """Training data that cannot be used as asked (names the paths)."""
 
 
-def open_shards(paths: Sequence[str | Path], *, action_space: str | None = None,
+def open_shards(paths: Sequence[str | Path], *, action_space: str | None = None, frame_shape=None,
                 labeled: bool = True) -> tuple[list[ShardIndex], BadShards]:  # fmt: skip
     """Indexes of the readable shards under ``paths`` (files or directories); unreadable ones are counted in the
-    returned :class:`BadShards`, never raised. Refuses data of another action space or without actions."""
+    returned :class:`BadShards`, never raised. Refuses data of another action space or frame shape (H, W, 3),
+    or without actions."""
     try:
         files = find_shards(*paths)
     except FileNotFoundError as e:
@@ -30,9 +31,32 @@ def open_shards(paths: Sequence[str | Path], *, action_space: str | None = None,
     for index in indexes:
         if action_space is not None and index.action_space != action_space:
             raise DataError(f"{index.path}: shard holds {index.action_space!r} actions, the model uses {action_space!r}")
+        if frame_shape is not None and tuple(index.frame_shape) != tuple(frame_shape):
+            raise DataError(f"{index.path}: frames are {list(index.frame_shape)}, the model takes {list(frame_shape)} "
+                            "(convert the recordings with --frame-size, see `vpt-ray shard convert`)")  # fmt: skip
         if labeled and index.action_space is None:
             raise DataError(f"{index.path}: shard has no actions (label it first with `vpt-ray label`)")
     return indexes, bad
+
+
+def resolve_data(paths: Sequence[str | Path], run_dir: str | Path, frame_hw: Sequence[int], role: str = "train") -> list[str]:
+    """Absolute shard paths for ``paths``: shard files and directories as they are; a directory holding labeled
+    recordings (and no shards) is converted first into ``run_dir/shards/<role>-<i>-<name>`` at the model's
+    frame size (resumable: shards already there are kept)."""
+    from vpt_ray.data.recordings import iter_recordings
+    from vpt_ray.data.shards import recordings_to_shards
+
+    out = []
+    for i, p in enumerate(paths):
+        p = Path(p).resolve()
+        if p.is_dir() and not find_shards(p) and next(iter_recordings(p, labeled=True), None) is not None:
+            target = Path(run_dir).resolve() / "shards" / f"{role}-{i:02d}-{p.name}"
+            summary = recordings_to_shards(p, target, frame_size=tuple(frame_hw), progress=True)
+            if summary.bad:
+                print(f"skipped {len(summary.bad)} bad recordings under {p}: {summary.bad}")
+            p = target
+        out.append(str(p))
+    return out
 
 
 def heldout_episodes(episode_ids: Iterable[str], fraction: float) -> set[str]:
