@@ -47,8 +47,10 @@ class DemonstratorConfig:
     max_pause: int = 6  # a pause lasts 1..max_pause noops
     omniscient: bool = False  # True: know the whole map instead of only the tiles seen so far
     far_table: int = 12  # path cost beyond which a new table is placed (if the wood allows) instead of walking
-    drink_low: int = 4  # start drinking at or below this, and drink until full
-    food_low: int = 4
+    drink_low: int = 3  # start drinking at or below this, and drink until full
+    food_low: int = 3
+    top_up: int = 6  # in broad daylight (few zombies about), drink and eat already at or below this
+    bright: float = 0.8  # daylight above which zombies despawn
     energy_low: int = 3  # look for a shelter and sleep at or below this
     dusk: float = 0.45  # at night (daylight below this) the player shelters until it is light again
     rest_health: int = 3  # shelter at or below this health until it has recovered
@@ -63,8 +65,8 @@ class DemonstratorConfig:
 
 
 def unwrap_crafter(env: Any):
-    """The ``crafter.Env`` inside ``env``: itself, or found through the wrappers' ``env`` / ``sim`` attributes
-    (gymnasium wrappers, :class:`vpt_ray.envs.TaskEnv`, an in-process robust wrapper, the Crafter adapter)."""
+    """The ``crafter.Env`` inside ``env``: itself, or found through the wrappers' attributes (gymnasium wrappers'
+    ``env``, :class:`vpt_ray.envs.TaskEnv`'s ``sim``, an in-process robust wrapper, ``CrafterSim.game``)."""
     import crafter
 
     seen, todo = set(), [env]
@@ -75,7 +77,7 @@ def unwrap_crafter(env: Any):
         if obj is None or id(obj) in seen or len(seen) > 32:
             continue
         seen.add(id(obj))
-        todo.extend(getattr(obj, name, None) for name in ("env", "_env", "sim", "_backend", "unwrapped"))
+        todo.extend(getattr(obj, name, None) for name in ("game", "sim", "_backend", "env", "unwrapped"))
     raise TypeError(
         f"{type(env).__name__} does not hold a crafter.Env in this process: the scripted player reads the game "
         "state (build the env with make_env(task, robust=False) or isolation: inprocess)"
@@ -115,7 +117,6 @@ class CrafterDemonstrator:
         self._still = 0
         self._unstick = 0
         self._cows: set[tuple[int, int]] = set()  # where cows were last seen, for when none is on screen
-        self._last_daylight = 1.0
         self.goal = "start"
 
     def act(self, env: Any) -> int:
@@ -180,12 +181,13 @@ class CrafterDemonstrator:
                     minable |= self.mat == self._ids[material]
         self.minable = minable
         self.cost = np.where(self.free, 1, np.where(minable, 2, 0)).astype(np.int64)
-        # Keep out of a skeleton's range: it shoots at players within 5 tiles.
+        # Keep out of a skeleton's range (it shoots at players within 5 tiles) and give zombies a wide berth: a
+        # zombie that reaches the player hits at once.
         for m in self._monsters():
-            if type(m).__name__ == "Skeleton":
-                x, y = int(m.pos[0]), int(m.pos[1])
-                near = self.cost[max(x - 5, 0) : x + 6, max(y - 5, 0) : y + 6]
-                near[near > 0] += 4
+            r, extra = (5, 4) if type(m).__name__ == "Skeleton" else (2, 3)
+            x, y = int(m.pos[0]), int(m.pos[1])
+            near = self.cost[max(x - r, 0) : x + r + 1, max(y - r, 0) : y + r + 1]
+            near[near > 0] += extra
         self.cost[~self._seen] = 0
         self.cost[self.pos] = 1
         for o in self.objects:
@@ -385,9 +387,9 @@ class CrafterDemonstrator:
         full = self._max
         daylight = self._game._world.daylight
         dark = daylight < cfg.dusk
-        # Before dusk, top up water and food: the night is spent sealed in.
-        dusk_soon = daylight < cfg.dusk + 0.25 and daylight < self._last_daylight
-        self._last_daylight = daylight
+        # Trips to water and cows cross grass, where zombies roam unless it is broad daylight: top up then, so
+        # that the dusk, the night (sealed in) and the dawn need no trip.
+        bright = daylight > cfg.bright
         if self._mode == "drink" and inv["drink"] >= full["drink"]:
             self._mode = None
         if self._mode == "eat" and inv["food"] >= full["food"] - 2:
@@ -396,15 +398,16 @@ class CrafterDemonstrator:
         if self._mode == "shelter" and rested and not dark:
             self._mode, self._pocket = None, None
         if self._mode is None:
-            thirsty = inv["drink"] <= (full["drink"] - 3 if dusk_soon else cfg.drink_low)
-            hungry = inv["food"] <= (full["food"] - 4 if dusk_soon else cfg.food_low)
+            thirsty = inv["drink"] <= (cfg.top_up if bright else cfg.drink_low)
+            hungry = inv["food"] <= (cfg.top_up if bright else cfg.food_low)
             if thirsty or (inv["drink"] <= full["drink"] - 3 and self._close("water", 2)):
                 self._mode = "drink"
             elif hungry or (inv["food"] <= full["food"] - 3 and self._close("cow", 3)):
                 self._mode = "eat"
             elif inv["energy"] <= cfg.energy_low or inv["health"] <= cfg.rest_health or dark:
                 self._mode = "shelter"
-        if self._mode == "shelter" and min(inv["drink"], inv["food"]) <= 2:
+        # Out of the shelter at night only when starving would cost more than the zombies outside.
+        if self._mode == "shelter" and min(inv["drink"], inv["food"]) <= (1 if dark else 2):
             self._mode = "drink" if inv["drink"] <= inv["food"] else "eat"
         if self._mode is not None:
             action = {"drink": self._drink, "eat": self._eat, "shelter": self._shelter}[self._mode]()
