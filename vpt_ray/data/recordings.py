@@ -115,12 +115,17 @@ class RecordingWriter:
         if video.pix_fmt == "yuv420p" and (self.frame_size[0] % 2 or self.frame_size[1] % 2):
             raise ValueError(f"{self.stem}: yuv420p needs even frame sizes, got {list(self.frame_size)}")
         self._tmp = {s: _file(self.stem, s + ".partial") for s in (VIDEO_SUFFIX, ACTIONS_SUFFIX, META_SUFFIX)}
+        self._jsonl = None
         self._container = av.open(str(self._tmp[VIDEO_SUFFIX]), mode="w", format="mp4",
                                   options={"movflags": "+faststart"})  # fmt: skip
-        stream = self._container.add_stream(video.codec, rate=self.fps)
-        stream.height, stream.width = self.frame_size
-        stream.pix_fmt = video.pix_fmt
-        stream.options = {"crf": str(video.crf), "preset": video.preset}
+        try:
+            stream = self._container.add_stream(video.codec, rate=self.fps)
+            stream.height, stream.width = self.frame_size
+            stream.pix_fmt = video.pix_fmt
+            stream.options = {"crf": str(video.crf), "preset": video.preset}
+        except (av.FFmpegError, ValueError) as e:
+            self.abort()
+            raise ValueError(f"{self.stem}: cannot encode with {video}: {e}") from None
         self._stream = stream
         self._jsonl = open(self._tmp[ACTIONS_SUFFIX], "w") if labeled else None
         self.n_frames = 0
@@ -385,7 +390,13 @@ def iter_frames(stem: str | os.PathLike, start: int = 0, stop: int | None = None
                              "(truncated or corrupt video)")  # fmt: skip
 
 
-def _labels(stem: Path, meta: Mapping[str, Any]):
+def read_labels(
+    stem: str | os.PathLike, meta: Mapping[str, Any] | None = None
+) -> tuple[list[dict[str, Any]] | None, dict[str, np.ndarray] | None, np.ndarray | None]:
+    """``(steps, actions env arrays, null flags)`` of a recording, checked against its frame count (Nones when
+    unlabeled); the video itself is not read."""
+    stem = stem_of(stem)
+    meta = read_meta(stem) if meta is None else meta
     if not meta["labeled"]:
         return None, None, None
     steps = read_steps(stem)
@@ -408,7 +419,7 @@ def iter_chunks(
         raise ValueError(f"chunk length must be >= 1, got {length}")
     stem = stem_of(stem)
     meta = read_meta(stem)
-    _, actions, _ = _labels(stem, meta)
+    _, actions, _ = read_labels(stem, meta)
     buf: list[np.ndarray] = []
     start = 0
     for frame in iter_frames(stem):
@@ -429,7 +440,7 @@ def read_recording(stem: str | os.PathLike) -> Recording:
     """A whole recording in memory, validated: frame count, frame size, one parseable jsonl line per frame."""
     stem = stem_of(stem)
     meta = read_meta(stem)
-    steps, actions, null = _labels(stem, meta)
+    steps, actions, null = read_labels(stem, meta)
     frames = list(iter_frames(stem))
     h, w = meta["frame_size"]
     frames_thwc = np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
