@@ -43,11 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--median-kernel", type=int, help="median filter length in samples, odd (7)")
     a.add_argument("--min-segment-s", type=float, help="shortest clean segment kept, seconds (5)")
     a.add_argument("--early-game-only", action="store_true", default=None,
-                   help="keep only videos whose title/description match the early-game keywords, first 5 minutes")  # fmt: skip
+                   help="keep only videos whose title/description match the early-game keywords, and only "
+                   "their first 5 minutes")  # fmt: skip
     a.add_argument("--no-blacklist", dest="metadata_blacklist", action="store_false", default=None,
                    help="do not drop videos whose metadata hits the blacklist")  # fmt: skip
     a.add_argument("--embedding-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a stored embedding option that depends on the machine (device, weights path)")  # fmt: skip
+                   help="override a stored embedding option that depends on the machine (device, weights "
+                   "path)")  # fmt: skip
     a.add_argument("--resume", action="store_true", help="keep the videos already in --out and do the rest")
     a.add_argument("--report-dir", type=Path, help="where the summary and, for videos with ground truth, the "
                    "evaluation JSON and timeline PNG go (default: next to --out)")  # fmt: skip
@@ -55,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _ray_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -84,16 +86,10 @@ def _options(pairs: list[str]) -> dict:
     return out
 
 
-def _init_ray(args):
-    import ray
+def _init_ray(args) -> bool:
+    from vpt_ray.filter.pipeline import init_ray
 
-    if ray.is_initialized():
-        return False
-    if args.address:
-        ray.init(address=args.address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    return True
+    return init_ray(args.address, args.num_cpus)
 
 
 def _train(args) -> int:
@@ -216,7 +212,7 @@ def _apply(args) -> int:
         todo.append((str(video), meta))
     if not todo and not done:
         raise ValueError(f"no videos in {', '.join(map(str, args.inputs))}")
-    print(f"{len(todo)} videos to filter ({len(done)} already in {args.out})" if done else f"{len(todo)} videos to filter")
+    print(f"{len(todo)} videos to filter" + (f" ({len(done)} already in {args.out})" if done else ""))
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     started = _init_ray(args)

@@ -143,6 +143,26 @@ def summarize(results: Iterable[VideoResult | dict[str, Any]]) -> dict[str, Any]
     }
 
 
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to ``address`` (or RAY_ADDRESS), else start a Ray of our own on this machine (never silently join
+    another job's local cluster); returns whether it started Ray (then the caller shuts it down)."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # a local cluster listens on loopback only: it runs without token auth (Ray 2.60 turns it on by default)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)  # fmt: skip
+    return True
+
+
 def _remote_filter(path: str, classifier: FrameClassifier, cfg: FilterConfig, meta: dict | None) -> VideoResult:
     import os
 
@@ -158,9 +178,8 @@ def filter_videos(
     *,
     on_result: Callable[[VideoResult], None] | None = None,
     progress: bool = True,
-    max_in_flight: int | None = None,
 ) -> list[VideoResult]:
-    """Filter ``(path, meta)`` videos with one Ray task each (Ray must be initialised or is started locally).
+    """Filter ``(path, meta)`` videos with one Ray task each (on the connected Ray, else a local one).
 
     Results come back in completion order; ``on_result`` sees each as soon as it is done (e.g. to append it to
     the JSONL, so an interrupted run keeps its finished videos).
@@ -168,21 +187,23 @@ def filter_videos(
     import ray
     from tqdm import tqdm
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False)
+    init_ray()
     task = ray.remote(num_cpus=1)(_remote_filter)
     classifier_ref = ray.put(classifier)
     cfg_ref = ray.put(cfg)
-    if max_in_flight is None:
-        max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    # enough queued to keep every CPU busy, few enough that results stream out as the run goes
+    max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     results: list[VideoResult] = []
     pending: list = []
-    queue = list(videos)
+    queue = iter(videos)
     with tqdm(total=len(videos), desc="filter", unit="video", disable=not progress) as bar:
-        while queue or pending:
-            while queue and len(pending) < max_in_flight:
-                path, meta = queue.pop(0)
+        while True:
+            for path, meta in queue:
                 pending.append(task.remote(str(path), classifier_ref, cfg_ref, meta))
+                if len(pending) >= max_in_flight:
+                    break
+            if not pending:
+                break
             done, pending = ray.wait(pending, num_returns=1)
             result = ray.get(done[0])
             results.append(result)

@@ -53,10 +53,11 @@ def evaluate(results: list[VideoResult], truths: dict[str, LabeledVideo], cfg: F
         if truth is None or r.clean_fraction is None:
             continue
         scored += 1
-        n = r.n_frames
+        n = min(r.n_frames, len(truth.frame_classes))  # a video longer than its metadata says: score the known part
         classes = truth.frame_classes[:n]
-        y_true.append(classes[r.sample_idx])
-        y_pred.append(r.sample_pred)
+        known = r.sample_idx < n
+        y_true.append(classes[r.sample_idx[known]])
+        y_pred.append(r.sample_pred[known])
         ideal = _ideal_segments(truth, n, r.fps, cfg)
         for k, v in overlap_precision_recall(r.candidate_segments, ideal, n).items():
             overlap[k] += v

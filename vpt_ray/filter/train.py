@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from vpt_ray.filter.classifier import CLASS_NAMES, FrameClassifier, embedding_from_config, train_classifier
+from vpt_ray.filter.classifier import CLASS_NAMES, CLEAN, FrameClassifier, embedding_from_config, train_classifier
 from vpt_ray.filter.config import TrainConfig
 from vpt_ray.filter.embeddings import FrameEmbedding
 from vpt_ray.filter.video import VideoError, iter_frames_at
@@ -32,9 +32,7 @@ class LabeledVideo:
 @dataclass
 class TrainResult:
     classifier: FrameClassifier
-    report: dict[str, Any]
-    holdout_true: np.ndarray  # (M,) true classes of the held-out frames
-    holdout_pred: np.ndarray  # (M,) predicted classes
+    report: dict[str, Any]  # counts, timings and the held-out classification report (None without held-out)
 
 
 def split_videos(n_videos: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,8 +100,9 @@ def embed_selection(
     import ray
     from tqdm import tqdm
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False)
+    from vpt_ray.filter.pipeline import init_ray
+
+    init_ray()
     task = ray.remote(num_cpus=1)(_embed_video)
     emb_ref = ray.put(embedding)
     refs = {task.remote(videos[v].video, idx, emb_ref, batch_size): v for v, idx in selection.items()}
@@ -145,7 +144,7 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, A
         "accuracy": float(np.trace(m) / m.sum()) if m.sum() else None,
         "balanced_accuracy": float(np.mean(present)) if present else None,
         # the filter's decision is binary: is the frame clean?
-        "clean_vs_rest_accuracy": float(((y_true == 0) == (y_pred == 0)).mean()) if len(y_true) else None,
+        "clean_vs_rest_accuracy": float(((y_true == CLEAN) == (y_pred == CLEAN)).mean()) if len(y_true) else None,
         "confusion": m.tolist(),
         "class_names": list(CLASS_NAMES),
         "recall": dict(zip(CLASS_NAMES, recall)),
@@ -192,7 +191,7 @@ def train_filter(videos: list[LabeledVideo], cfg: TrainConfig, *, progress: bool
         "fit_seconds": t_fit,
         "holdout": classification_report(yh, pred_h) if len(yh) else None,
     }
-    return TrainResult(classifier, report, yh, pred_h)
+    return TrainResult(classifier, report)
 
 
 def _cfg_dict(cfg: TrainConfig) -> dict[str, Any]:
