@@ -33,6 +33,8 @@ from vpt_ray.labeling import (
 from vpt_ray.ledger import open_ledger
 from vpt_ray.models import build_model, load_checkpoint, load_preset, save_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the tiny IDM is fastest on one thread
+
 IDM_SIZE = (32, 32)
 VIDEO_SIZE = (40, 48)  # not the IDM's: the job resizes
 
@@ -42,15 +44,6 @@ def tiny_idm_config(action_space: str = "crafter"):
     cfg = load_preset("crafter-idm-small")
     net = dataclasses.replace(cfg.net, img_shape=(*IDM_SIZE, 8), hidsize=64, timesteps=16, attention_memory_size=16)
     return dataclasses.replace(cfg, net=net, action_space=action_space)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The tiny IDM is fastest on one thread (and the machine's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -815,11 +815,8 @@ def recording_to_shard(stem: str | os.PathLike, shard: str | os.PathLike, *, epi
     meta = rec.read_meta(stem)
     if not meta["labeled"]:
         raise rec.RecordingError(f"{stem}: not a labeled recording (no actions to train on)")
-    actions_file = stem.with_name(stem.name + rec.ACTIONS_SUFFIX)
-    actions, null = rec.steps_to_env_arrays(rec.read_steps(stem), meta["action_space"], actions_file)
+    _, actions, null = rec.read_labels(stem, meta)
     n = meta["n_frames"]
-    if len(null) != n:
-        raise rec.RecordingError(f"{actions_file}: {len(null)} lines, but the video has {n} frames (one line per frame)")
     if n == 0:
         raise rec.RecordingError(f"{stem}: no frames")
     height, width = (int(x) for x in (frame_size or meta["frame_size"]))
