@@ -165,6 +165,10 @@ def bc_worker_loop(job: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)  # the same initial weights on every worker
     model = load_init(cfg.init) if cfg.init is not None else build_model(model_cfg)
     model.train()
+    # Behavioral cloning has no value targets: the value heads stay as they are (and out of DDP's reduction).
+    for head in (model.value_head, model.aux_value_head):
+        if head is not None:
+            head.requires_grad_(False)
     optimizer, scheduler = build_optimizer(model, cfg.optim, total)
     step, epoch = 0, 0
     state = session.restore()

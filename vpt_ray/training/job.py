@@ -161,7 +161,7 @@ class WorkerSession:
     def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model on this worker's device, in DistributedDataParallel when there are several workers.
 
-        ``find_unused_parameters``: BC never uses the value head and the IDM discards its last dense layer.
+        ``find_unused_parameters``: the IDM discards its last dense layer (BC freezes its unused value heads).
         """
         model.to(self.device)
         if self.world_size == 1:
