@@ -1,4 +1,4 @@
-"""IDM training: metrics on known inputs, whole-video inference windows, training clips from real Crafter
+"""IDM training: metrics on known inputs, held-out evaluation as labeling labels, training clips from real Crafter
 shards (episode-bounded, padded, split between workers, corrupt records skipped), the loss, and `vpt-ray
 train-idm` end to end on a real local Ray cluster (corrupt shard counted, held-out metrics, resume)."""
 
@@ -17,8 +17,10 @@ from sklearn.metrics import r2_score
 from vpt_ray.actions import get_action_space
 from vpt_ray.data.shards import episodes_of, read_index
 from vpt_ray.idm.data import IDMClips, clip_starts, read_episode
-from vpt_ray.idm.infer import idm_loss, most_central_window, predict_video, window_starts
+from vpt_ray.idm.loss import idm_loss
 from vpt_ray.idm.metrics import IDMMetrics
+from vpt_ray.idm.train import evaluate_idm
+from vpt_ray.labeling.windows import WindowSpec, label_clip
 from vpt_ray.config import from_dict
 from vpt_ray.models import InverseDynamicsModel, ModelConfig, build_model, load_checkpoint
 
@@ -84,32 +86,19 @@ def test_minecraft_metrics_per_button_accuracy_and_camera_r2():
     assert out["camera/r2"] == pytest.approx(1 - sse / sst, rel=1e-9)
 
 
-# --------------------------------------------------------------------------------------------- inference
+# --------------------------------------------------------------------------------------------- evaluation
 
 
-def test_whole_video_windows_keep_the_centre_half_as_the_released_labeler():
-    starts = window_starts(256, 128, 64)
-    assert starts.tolist() == [0, 64, 128]
-    choice = most_central_window(256, starts, 128)
-    # Frames 0..95 from the first window, then frames 32..95 of the middle window, then the rest from the last.
-    assert (choice[:96] == 0).all() and (choice[96:160] == 1).all() and (choice[160:] == 2).all()
-    assert window_starts(300, 128, 64).tolist() == [0, 64, 128, 172]  # the last window ends at the video's end
-
-
-def test_predict_video_takes_each_frame_from_its_most_central_window():
+def test_held_out_metrics_score_the_labels_vpt_ray_label_would_write(crafter_shards):
+    indexes = [read_index(p) for p in sorted(crafter_shards.glob("*.vshard"))]
+    episodes = [e for i in indexes for e in episodes_of(i)]
     idm = tiny_idm().eval()
-    rng = np.random.default_rng(1)
-    video = rng.integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
-    pred = predict_video(idm, video, window=16, stride=8)["action"]
-    starts = window_starts(40, 16, 8)
-    choice = most_central_window(40, starts, 16)
-    with torch.no_grad():
-        per_window = idm.predict(torch.from_numpy(np.stack([video[s:s + 16] for s in starts])))["action"].numpy()
-    expect = np.stack([per_window[choice[t], t - starts[choice[t]]] for t in range(40)])
-    np.testing.assert_array_equal(pred, expect)
-    short = predict_video(idm, video[:5], window=16)["action"]  # padded with the last frame
-    padded = np.concatenate([video[:5], np.repeat(video[4:5], 11, axis=0)])
-    np.testing.assert_array_equal(short, idm.predict(torch.from_numpy(padded[None]))["action"][0, :5].numpy())
+    metrics = evaluate_idm(idm, episodes, max_frames=200)  # stops after the episode that reaches 200 frames
+    expect = IDMMetrics(idm.action_space)
+    for ep in episodes[:2]:
+        frames, actions = read_episode(ep)
+        expect.update(label_clip(idm, frames, WindowSpec.centred(16)), actions)
+    assert metrics.sums == expect.sums and metrics.sums["frames"] == 300
 
 
 # --------------------------------------------------------------------------------------------- clips

@@ -19,8 +19,9 @@ from vpt_ray.config import ConfigError, from_dict, to_dict
 from vpt_ray.data.shards import BadShards, Episode, ShardError, episodes_of
 from vpt_ray.idm.config import IDMTrainConfig
 from vpt_ray.idm.data import IDMClips, read_episode, split_between_workers
-from vpt_ray.idm.infer import idm_loss, predict_video
+from vpt_ray.idm.loss import idm_loss
 from vpt_ray.idm.metrics import IDMMetrics
+from vpt_ray.labeling.windows import WindowSpec, label_clip
 from vpt_ray.models import InverseDynamicsModel, ModelConfig, build_model, load_preset
 from vpt_ray.training.augment import ClipAugmenter
 from vpt_ray.training.data import all_episode_ids, heldout_episodes, open_shards, resolve_data
@@ -58,9 +59,11 @@ def train_idm(cfg: IDMTrainConfig, data: Sequence[str | Path], run_dir: str | Pa
 @torch.no_grad()
 def evaluate_idm(model: InverseDynamicsModel, episodes: Sequence[Episode], *, max_frames: int | None = None,
                  bad: BadShards | None = None) -> IDMMetrics:  # fmt: skip
-    """Held-out metrics over whole episodes, predicted as pseudo-labeling does (:func:`predict_video`); stops
-    after the episode that reaches ``max_frames``. Unreadable episodes are skipped (and counted in ``bad``)."""
+    """Held-out metrics over whole episodes, labeled exactly as ``vpt-ray label`` labels videos (sliding windows
+    of the IDM's clip length, the centre half kept); stops after the episode that reaches ``max_frames``.
+    Unreadable episodes are skipped (and counted in ``bad``)."""
     metrics = IDMMetrics(model.action_space)
+    windows = WindowSpec.centred(model.context_len)
     was_training = model.training
     model.eval()
     for ep in episodes:
@@ -72,7 +75,7 @@ def evaluate_idm(model: InverseDynamicsModel, episodes: Sequence[Episode], *, ma
             if bad is not None:
                 bad.add(e)
             continue
-        metrics.update(predict_video(model, frames), actions)
+        metrics.update(label_clip(model, frames, windows), actions)
     model.train(was_training)
     return metrics
 
