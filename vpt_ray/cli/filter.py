@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--embedding-option", action="append", default=[], metavar="KEY=VALUE",
                    help="embedding option, repeatable (e.g. weights=/models/RN50x64.pt for clip)")  # fmt: skip
     t.add_argument("--svm-c", type=float, help="SVM C")
+    t.add_argument("--no-mirror-augment", dest="mirror_augment", action="store_false", default=None,
+                   help="do not add left-right mirrored copies of the training frames")  # fmt: skip
     t.add_argument("--holdout", type=float, dest="holdout_fraction", help="share of videos held out (default 0.2)")
     t.add_argument("--seed", type=int)
     t.add_argument("--report-dir", type=Path, help="where the report JSON and confusion-matrix PNG go "
@@ -107,6 +109,7 @@ def _train(args) -> int:
         embedding=args.embedding,
         embedding_options=emb_opts,
         svm_c=args.svm_c,
+        mirror_augment=args.mirror_augment,
         holdout_fraction=args.holdout_fraction,
         seed=args.seed,
     )

@@ -37,6 +37,7 @@ class TrainConfig:
     samples_per_class: tuple[int, int, int] = (2200, 2200, 4400)
     embedding: str = "handcrafted"  # a name in the embedding registry
     embedding_options: dict[str, Any] = field(default_factory=dict)
+    mirror_augment: bool = True  # train on left-right mirrored frames too (overlays sit in any corner)
     svm_c: float = 10.0
     svm_gamma: str | float = "scale"  # sklearn's "scale" = 1 / (n_features * X.var()) on standardised features
     holdout_fraction: float = 0.2  # share of training videos held out to measure accuracy

@@ -1,8 +1,12 @@
 """Train the frame classifier from videos with ground-truth per-frame classes, and measure it on held-out videos.
 
-Frames are sampled per class (paper: 2200 clean / 2200 with artifacts / 4400 other) from the training videos;
+Frames are sampled per class (paper: 2200 clean / 2200 with artifacts / 4400 none) from the training videos;
 whole videos are held out for evaluation, because neighbouring frames of one video are near-duplicates and a
 frame-level split would overstate accuracy. Decoding and embedding run as one Ray task per video.
+
+By default every training frame also enters mirrored left-right: an overlay seen only in the top-right corner
+is then recognised in the top-left too (benchmarks/bench_filter.py measures it: without the mirror, a logo in
+a corner no training video had is missed).
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def select_frames(
     return {v: np.sort(np.concatenate(fs)) for v, fs in picked.items()}
 
 
-def _embed_video(path: str, indices: np.ndarray, embedding: FrameEmbedding, batch_size: int):
+def _embed_video(path: str, indices: np.ndarray, embedding: FrameEmbedding, batch_size: int, mirror: bool):
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -78,6 +82,9 @@ def _embed_video(path: str, indices: np.ndarray, embedding: FrameEmbedding, batc
         for idx, frames in iter_frames_at(path, indices, batch_size=batch_size):
             found.append(idx)
             zs.append(embedding.embed(frames))
+            if mirror:
+                found.append(idx)
+                zs.append(embedding.embed(np.ascontiguousarray(frames[:, :, ::-1])))
     except VideoError as e:
         return None, None, str(e)
     if not found:
@@ -90,13 +97,12 @@ def embed_selection(
     selection: dict[int, np.ndarray],
     embedding: FrameEmbedding,
     *,
+    mirror: bool = False,
     batch_size: int = 64,
     progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Embed the selected frames, one Ray task per video: ``(z (N, D), y (N,), video index (N,), errors)``.
-
-    A video that fails to decode is skipped; its error is returned instead of raised.
-    """
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Embed the selected frames (and with ``mirror`` their left-right mirror images too), one Ray task per
+    video: ``(z (N, D), y (N,), errors)``. A video that fails to decode is skipped; its error is returned."""
     import ray
     from tqdm import tqdm
 
@@ -105,24 +111,26 @@ def embed_selection(
     init_ray()
     task = ray.remote(num_cpus=1)(_embed_video)
     emb_ref = ray.put(embedding)
-    refs = {task.remote(videos[v].video, idx, emb_ref, batch_size): v for v, idx in selection.items()}
-    zs, ys, vs, errors = [], [], [], []
+    refs = {task.remote(videos[v].video, idx, emb_ref, batch_size, mirror): v for v, idx in selection.items()}
+    parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    errors = []
     pending = list(refs)
     with tqdm(total=len(refs), desc="embed frames", unit="video", disable=not progress) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             found, z, err = ray.get(done[0])
-            v = refs[done[0]]
             bar.update(1)
+            v = refs[done[0]]
             if err is not None:
                 errors.append(err)
-                continue
-            zs.append(z)
-            ys.append(videos[v].frame_classes[found])
-            vs.append(np.full(len(found), v))
-    if not zs:
-        return np.zeros((0, embedding.dim), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), errors
-    return np.concatenate(zs), np.concatenate(ys).astype(np.int64), np.concatenate(vs), errors
+            else:
+                parts[v] = (z, videos[v].frame_classes[found])
+    if not parts:
+        return np.zeros((0, embedding.dim), np.float32), np.zeros(0, np.int64), errors
+    # in video order, not completion order: the same data gives the same SVM
+    order = sorted(parts)
+    return (np.concatenate([parts[v][0] for v in order]),
+            np.concatenate([parts[v][1] for v in order]).astype(np.int64), errors)  # fmt: skip
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int = len(CLASS_NAMES)) -> np.ndarray:
@@ -165,14 +173,15 @@ def train_filter(videos: list[LabeledVideo], cfg: TrainConfig, *, progress: bool
     hold_selection = select_frames(videos, hold_v, hold_counts, rng) if len(hold_v) else {}
 
     t0 = time.perf_counter()
-    z, y, _, errors = embed_selection(videos, selection, embedding, progress=progress)
-    zh, yh, _, hold_errors = embed_selection(videos, hold_selection, embedding, progress=progress)
+    z, y, errors = embed_selection(videos, selection, embedding, mirror=cfg.mirror_augment, progress=progress)
+    zh, yh, hold_errors = embed_selection(videos, hold_selection, embedding, progress=progress)
     t_embed = time.perf_counter() - t0
     if len(y) == 0:
         raise ValueError(f"no training frames could be decoded ({len(errors)} videos failed: {errors[:3]})")
 
     t0 = time.perf_counter()
-    counts = np.bincount(y, minlength=len(CLASS_NAMES))
+    # frames sampled per class (each also entered mirrored when mirror_augment is on)
+    counts = np.bincount(y, minlength=len(CLASS_NAMES)) // (2 if cfg.mirror_augment else 1)
     info = {"train_frames_per_class": dict(zip(CLASS_NAMES, counts.tolist())), "config": _cfg_dict(cfg)}
     classifier = train_classifier(z, y, embedding, cfg, info=info)
     t_fit = time.perf_counter() - t0
