@@ -8,8 +8,9 @@ from pathlib import Path
 
 HELP = (
     "Clean-video filter (VPT App. A): `train` an embedding + RBF-SVM frame classifier from recordings with "
-    "ground-truth frame classes; `apply` it to videos with Ray (3 frames/s, >= 80 %% clean, median filter 7, "
-    "segments >= 5 s, metadata blacklist) writing the clean segments JSONL that `vpt-ray label --segments` reads."
+    "ground-truth frame classes; `apply` it to videos with Ray (3 frames/s, videos at least 80 percent clean, "
+    "median filter 7, segments >= 5 s, metadata blacklist) writing the clean segments JSONL that "
+    "`vpt-ray label --segments` reads."
 )
 
 
