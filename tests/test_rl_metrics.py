@@ -39,13 +39,14 @@ def test_scalars_and_item_fractions_read_back_with_steps(tmp_path):
             w.write(step, {"loss/wake_policy": 0.5 / step, "ppg/rho": 0.2 * 0.9995**step, "kl/pretrained": step})
             w.write_items(step, {item: (i + step) % 4 / 4 for i, item in enumerate(ITEMS)})
         w.write_items(3, dict.fromkeys(ITEMS, 0.25), prefix="items_lifetime")
+        w.write_items(4, {"table": 1.0})  # a subset: the other curves get no point at this step
     got = read_scalars(tmp_path)
     assert got["loss/wake_policy"] == [(1, 0.5), (2, 0.25), (3, pytest.approx(0.5 / 3))]
     assert [s for s, _ in got["ppg/rho"]] == [1, 2, 3]
     assert got["ppg/rho"][2][1] == pytest.approx(0.2 * 0.9995**3)
     assert got["kl/pretrained"] == [(1, 1.0), (2, 2.0), (3, 3.0)]
     for i, item in enumerate(ITEMS):
-        assert got[f"items/{item}"] == [(s, (i + s) % 4 / 4) for s in (1, 2, 3)]
+        assert got[f"items/{item}"] == [(s, (i + s) % 4 / 4) for s in (1, 2, 3)] + ([(4, 1.0)] if item == "table" else [])
         assert got[f"items_lifetime/{item}"] == [(3, 0.25)]
 
 
@@ -106,8 +107,8 @@ def test_bad_input_is_refused_with_names(tmp_path):
     with pytest.raises(ValueError, match="purge_step"):
         RLMetricsWriter(tmp_path / "b", ITEMS, purge_step=-1)
     with RLMetricsWriter(tmp_path / "c", ITEMS) as w:
-        with pytest.raises(ValueError, match=r"missing \['diamond'\], unknown \['sapling'\]"):
-            w.write_items(1, {**{i: 0.0 for i in ITEMS if i != "diamond"}, "sapling": 0.0})
+        with pytest.raises(ValueError, match=r"items \['sapling'\] are not the task's items"):
+            w.write_items(1, {**dict.fromkeys(ITEMS, 0.0), "sapling": 0.0})
         with pytest.raises(ValueError, match="items/wood.*in \\[0, 1\\]"):
             w.write_items(1, {**dict.fromkeys(ITEMS, 0.0), "wood": 3.0})
         with pytest.raises(ValueError, match="no chart"):

@@ -85,16 +85,16 @@ class RLMetricsWriter:
         self._writer.flush()
 
     def write_items(self, step: int, fractions: Mapping[str, float], prefix: str = "items") -> None:
-        """``<prefix>/<item>`` for every task item (fractions in [0, 1]); an item missing from ``fractions`` is an
-        error, so the chart never silently loses a curve."""
+        """``<prefix>/<item>`` for each task item in ``fractions`` (in [0, 1]); an item left out gets no point at
+        this step, an item that is not the task's is an error (its curve would be on no chart)."""
         if prefix not in ITEM_PREFIXES:
             raise ValueError(f"item prefix {prefix!r} has no chart; use one of {list(ITEM_PREFIXES)}")
         unknown = sorted(set(fractions) - set(self.items))
-        missing = [item for item in self.items if item not in fractions]
-        if unknown or missing:
-            raise ValueError(f"item fractions must cover exactly the task's items {list(self.items)}: "
-                             f"missing {missing}, unknown {unknown}")  # fmt: skip
+        if unknown:
+            raise ValueError(f"items {unknown} are not the task's items {list(self.items)}")
         for item in self.items:
+            if item not in fractions:
+                continue
             value = _number(item_tag(item, prefix), fractions[item])
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{item_tag(item, prefix)}: a fraction of episodes must be in [0, 1], got {value}")
