@@ -149,6 +149,38 @@ def crafter_shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
+# A policy small enough for RL tests on two shared cores (~30 k parameters, 16 frames of memory).
+TINY_RL_POLICY = {
+    "kind": "policy", "action_space": "crafter",
+    "net": {"img_shape": [64, 64, 3], "timesteps": 8, "hidsize": 32, "impala_chans": [8, 8, 8],
+            "impala_kwargs": {"post_pool_groups": 1}, "init_norm_kwargs": {"group_norm_groups": 1},
+            "attention_heads": 2, "attention_memory_size": 24, "n_recurrence_layers": 1, "use_pre_lstm_ln": False},
+}  # fmt: skip
+
+
+@pytest.fixture
+def rl_task(tmp_path):
+    """``rl_task(name="rl-test", env=None, **rl)`` writes crafter-wood with the tiny RL policy, ``env`` fields and
+    ``rl`` fields replaced (``scale`` as a mapping merged into the preset's), and returns the YAML's path."""
+    import yaml
+
+    from vpt_ray.spec import load_task, task_to_dict
+
+    def make(name: str = "rl-test", *, env: dict | None = None, **rl) -> Path:
+        task = task_to_dict(load_task("crafter-wood"))
+        preset = tmp_path / "tiny-rl-policy.yaml"
+        preset.write_text(yaml.safe_dump(TINY_RL_POLICY))
+        task["name"] = name
+        task["env"].update(env or {})
+        scale = {**task["rl"]["scale"], **rl.pop("scale", {})}
+        task["rl"].update({"policy": str(preset), **rl, "scale": scale})
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(task, sort_keys=False))
+        return path
+
+    return make
+
+
 def pytest_sessionfinish(session, exitstatus):
     try:
         import ray

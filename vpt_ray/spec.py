@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vpt_ray.config import ConfigError, from_dict, load_yaml, to_dict
+from vpt_ray.rl.config import RLSpec, check_rl_section
 
 # Bare task names ("crafter-wood") resolve to the YAML files shipped in the repository's rollouts/.
 ROLLOUTS_DIR = Path(__file__).resolve().parents[1] / "rollouts"
@@ -135,6 +136,7 @@ class TaskSpec:
     env: EnvSpec
     rewards: RewardTable
     description: str = ""
+    rl: RLSpec | None = None  # RL fine-tuning hyperparameters and scale (vpt_ray.rl.config), for `vpt-ray rl`
 
     def validate(self, where: str = "<task>") -> TaskSpec:
         """Cross-field checks (a reward item must be one the env reports); returns self."""
@@ -147,6 +149,8 @@ class TaskSpec:
                     f"{where}: field 'rewards.items[{i}].item': {r.item!r} is not an item a {self.env.kind} env "
                     f"reports (known: {sorted(known)})"
                 )
+        if self.rl is not None:
+            check_rl_section(self.rl, self.env, where)
         return self
 
 
