@@ -46,7 +46,8 @@ def test_scalars_and_item_fractions_read_back_with_steps(tmp_path):
     assert got["ppg/rho"][2][1] == pytest.approx(0.2 * 0.9995**3)
     assert got["kl/pretrained"] == [(1, 1.0), (2, 2.0), (3, 3.0)]
     for i, item in enumerate(ITEMS):
-        assert got[f"items/{item}"] == [(s, (i + s) % 4 / 4) for s in (1, 2, 3)] + ([(4, 1.0)] if item == "table" else [])
+        extra = [(4, 1.0)] if item == "table" else []
+        assert got[f"items/{item}"] == [(s, (i + s) % 4 / 4) for s in (1, 2, 3)] + extra
         assert got[f"items_lifetime/{item}"] == [(3, 0.25)]
 
 

@@ -163,7 +163,8 @@ def item_curves_figure(runs, *, items: Sequence[str] | None = None, prefix: str 
     training iterations (``x="iteration"``) or env steps (``x="env_steps"``, from :data:`ENV_STEPS_TAG`), one
     line per run in every panel. ``runs``: a log dir, ``read_scalars`` output, or a mapping run name -> either.
 
-    ``items`` defaults to every item the runs have curves for, in the order written. A run without a curve for an item simply has no line in that panel. Returns a matplotlib ``Figure``.
+    ``items`` defaults to every item the runs have curves for, in the order written. A run without a curve for
+    an item simply has no line in that panel. Returns a matplotlib ``Figure``.
     """
     from matplotlib.figure import Figure
 

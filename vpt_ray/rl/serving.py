@@ -200,7 +200,8 @@ class PretrainedApp:
 
     @classmethod
     def start(cls, checkpoint_dir: str | Path, *, name: str, num_replicas: int = 1, num_cpus: float = 1,
-              num_gpus: float = 0, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.02) -> PretrainedApp:  # fmt: skip
+              num_gpus: float = 0, max_batch_size: int = 16,
+              batch_wait_timeout_s: float = 0.02) -> PretrainedApp:  # fmt: skip
         """Deploy ``checkpoint_dir`` (``save_checkpoint`` layout) and wait until every replica is up.
 
         Serve is started without any proxy if it is not running yet (a Serve instance someone else started keeps
