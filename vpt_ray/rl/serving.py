@@ -31,13 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.exceptions
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 logger = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "FrozenPolicy"
 STATE_KEYS = ("mask", "k", "v")
 _STATS_WINDOW = 10_000  # batch sizes kept per replica for stats()
+# A replica died, is restarting or unreachable, or Serve has none ready in time: the request may be resent.
+RETRYABLE_ERRORS = (ray.exceptions.RayActorError, TimeoutError, RayServeException)
 
 
 class PretrainedServeError(RuntimeError):
@@ -291,9 +295,6 @@ class PretrainedClient:
         malformed request (nothing sent), ``LookupError`` when the app does not exist, :class:`PretrainedServeError`
         when the deployment raised, and ``TimeoutError`` when replicas stayed unavailable for ``timeout_s``.
         """
-        import ray.exceptions
-        from ray.serve.exceptions import RayServeException
-
         requests = list(requests)
         for i, request in enumerate(requests):
             check_request(request, i)
@@ -307,18 +308,20 @@ class PretrainedClient:
             try:
                 handle = self._logprobs_handle()
                 responses = [(i, handle.remote(requests[i])) for i in pending]
-            except (RayServeException, ray.exceptions.RayActorError) as e:  # Serve (or the app) not reachable yet
+            except RETRYABLE_ERRORS as e:  # Serve (or the app) not reachable yet
                 failed, responses, last_error = list(pending), [], e
             for n, (i, response) in enumerate(responses):
                 try:
                     results[i] = response.result(timeout_s=max(deadline - time.monotonic(), 0.0))
-                except ray.exceptions.RayTaskError as e:  # raised by the deployment's code: never retried
-                    for _, other in responses[n + 1:]:
-                        other.cancel()
-                    cause = getattr(e, "cause", None) or e
-                    raise PretrainedServeError(f"Serve app {self.app_name!r}: the frozen policy failed on request "
-                                               f"{i}: {type(cause).__name__}: {cause}") from e  # fmt: skip
-                except (ray.exceptions.RayActorError, TimeoutError, RayServeException) as e:
+                except ray.exceptions.RayTaskError as e:
+                    if not isinstance(e.cause, ray.exceptions.RayActorError):  # the deployment's code raised:
+                        for _, other in responses[n + 1:]:  # a bad request or a bug, never retried
+                            other.cancel()
+                        raise PretrainedServeError(f"Serve app {self.app_name!r}: the frozen policy failed on "
+                                                   f"request {i}: {type(e.cause).__name__}: {e.cause}") from e
+                    failed.append(i)  # an actor death that Ray reports wrapped: the replica's fault
+                    last_error = e
+                except RETRYABLE_ERRORS as e:
                     response.cancel()
                     failed.append(i)
                     last_error = e
