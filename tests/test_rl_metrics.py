@@ -13,6 +13,7 @@ from vpt_ray.rl.metrics import (
     item_curves_figure,
     plot_item_curves,
     read_scalars,
+    read_task_items,
 )
 from vpt_ray.spec import load_task
 
@@ -69,8 +70,7 @@ def test_custom_scalars_layout_has_every_item_in_task_order_and_groups_losses_an
     assert sorted(sum(matched(layout["ppg"]["losses"]), [])) == ["loss/sleep_aux_value", "loss/wake_policy",
                                                                   "loss/wake_value"]  # fmt: skip
     assert sorted(sum(matched(layout["ppg"]["KL and rho"]), [])) == ["kl/pretrained", "kl/sleep", "ppg/rho"]
-    # "wood" must not catch "wood_pickaxe": each item's regex is anchored
-    assert ITEMS.index("wood_pickaxe") != ITEMS.index("wood")
+    assert read_task_items(tmp_path) == ITEMS
 
 
 def test_purge_step_on_resume_hides_what_a_crashed_run_wrote_after_the_checkpoint(tmp_path):
@@ -161,6 +161,14 @@ def test_item_curves_compare_runs_per_item_against_iterations_and_env_steps(tmp_
     del single["items/diamond"]
     fig = item_curves_figure({"partial": single, "full": runs["bc+kl"]})
     assert [len(ax.lines) for ax in fig.axes if ax.get_visible()] == [2] * (len(ITEMS) - 1) + [1]
+
+    # panels follow the task's order even when a run first wrote its items in another order
+    late = tmp_path / "late"
+    with RLMetricsWriter(late, ITEMS) as w:
+        w.write_items(1, {"diamond": 0.0, "iron": 0.0})
+        w.write_items(2, dict.fromkeys(ITEMS, 0.5))
+    assert list(read_scalars(late))[:2] == ["items/iron", "items/diamond"]
+    assert [ax.get_title() for ax in item_curves_figure(late).axes if ax.get_visible()] == ITEMS
 
 
 def test_item_curves_refuse_what_they_cannot_plot(tmp_path):

@@ -133,23 +133,45 @@ def read_scalars(log_dir: str | Path) -> Scalars:
     return {tag: [(e.step, float(e.value)) for e in acc.Scalars(tag)] for tag in acc.Tags()[SCALARS]}
 
 
-def _as_runs(runs) -> dict[str, Scalars]:
-    """Normalise one run (log dir or scalars) or a mapping run name -> (log dir or scalars)."""
+def read_task_items(log_dir: str | Path) -> list[str]:
+    """The task's items, in order, as an :class:`RLMetricsWriter` recorded them in its custom-scalars layout."""
+    from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+    from tensorboard.util import tensor_util
+
+    acc = EventAccumulator(str(log_dir), size_guidance={TENSORS: 1})
+    acc.Reload()
+    if metadata.CONFIG_SUMMARY_TAG not in acc.Tags()[TENSORS]:
+        raise ValueError(f"{log_dir}: no custom-scalars layout (not written by RLMetricsWriter)")
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(tensor_util.make_ndarray(acc.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto).item())
+    head = "^items/"
+    for category in layout.category:
+        for chart in category.chart:
+            if chart.title == "item progression":  # regexes "^items/<escaped item>$"; item names are [\w.-]+
+                return [rx[len(head):-1].replace("\\", "") for rx in chart.multiline.tag]
+    raise ValueError(f"{log_dir}: the custom-scalars layout has no 'item progression' chart")
+
+
+def _as_runs(runs) -> tuple[dict[str, Scalars], list[str]]:
+    """Normalise one run (log dir or scalars) or a mapping run name -> (log dir or scalars); also the task's
+    items in order from the first run given as a log dir (empty if none is)."""
     if isinstance(runs, (str, Path)):
-        return {Path(runs).name: read_scalars(runs)}
-    if not isinstance(runs, Mapping) or not runs:
+        runs = {Path(runs).name: runs}
+    elif not isinstance(runs, Mapping) or not runs:
         raise ValueError("expected a log dir, read_scalars() output, or a non-empty mapping run name -> either")
-    if all(isinstance(v, list) for v in runs.values()):  # read_scalars() output of a single run
-        return {"run": dict(runs)}
-    out = {}
+    elif all(isinstance(v, list) for v in runs.values()):  # read_scalars() output of a single run
+        runs = {"run": runs}
+    out, order = {}, []
     for name, run in runs.items():
         if isinstance(run, (str, Path)):
             out[str(name)] = read_scalars(run)
+            order = order or read_task_items(run)
         elif isinstance(run, Mapping):
             out[str(name)] = dict(run)
         else:
             raise ValueError(f"run {name!r}: expected a log dir or read_scalars() output, got {type(run).__name__}")
-    return out
+    return out, order
 
 
 def _run_items(scalars: Scalars, prefix: str) -> list[str]:
@@ -163,16 +185,18 @@ def item_curves_figure(runs, *, items: Sequence[str] | None = None, prefix: str 
     training iterations (``x="iteration"``) or env steps (``x="env_steps"``, from :data:`ENV_STEPS_TAG`), one
     line per run in every panel. ``runs``: a log dir, ``read_scalars`` output, or a mapping run name -> either.
 
-    ``items`` defaults to every item the runs have curves for, in the order written. A run without a curve for
-    an item simply has no line in that panel. Returns a matplotlib ``Figure``.
+    ``items`` defaults to every item the runs have curves for, in the task's order (read from the layout of the
+    first run given as a log dir). A run without a curve for an item simply has no line in that panel. Returns
+    a matplotlib ``Figure``.
     """
     from matplotlib.figure import Figure
 
     if x not in ("iteration", "env_steps"):
         raise ValueError(f"x must be 'iteration' or 'env_steps', got {x!r}")
-    runs = _as_runs(runs)
-    if items is None:  # every run's items, in the order they were first written (the task's order)
-        items = list(dict.fromkeys(item for s in runs.values() for item in _run_items(s, prefix)))
+    runs, task_items = _as_runs(runs)
+    if items is None:  # the items with curves, in the task's order (else in the order first written)
+        found = list(dict.fromkeys(item for s in runs.values() for item in _run_items(s, prefix)))
+        items = [i for i in task_items if i in found] + [i for i in found if i not in task_items]
     items = list(items)
     if not items:
         raise ValueError(f"no '{prefix}/<item>' curves in runs {list(runs)}")
