@@ -209,9 +209,10 @@ class PretrainedApp:
         """Deploy ``checkpoint_dir`` (``save_checkpoint`` layout) and wait until every replica is up.
 
         Serve is started without any proxy if it is not running yet (a Serve instance someone else started keeps
-        its settings). ``num_cpus``/``num_gpus`` are per replica; a replica with a GPU runs the model there.
-        Torch uses ``max(1, floor(num_cpus))`` threads per replica. An application of the same name must not
-        exist: two jobs would otherwise silently share (and redeploy) one.
+        its settings; the app has no route prefix either way, so no proxy ever exposes it). ``num_cpus`` and
+        ``num_gpus`` are per replica; a replica with a GPU runs the model there. Torch uses
+        ``max(1, floor(num_cpus))`` threads per replica. An application of the same name must not exist: two jobs
+        would otherwise silently share (and redeploy) one.
         """
         checkpoint_dir = Path(checkpoint_dir).resolve()
         for what, value, ok in (
