@@ -56,6 +56,7 @@ SUMMARY = "vpt"  # result key of the driver's per-iteration summary (flat Tensor
 SLEEP_RESULTS = "sleep"
 RESTORE_EVERY_S = 2.0  # while collecting, look for restarted env runners at most this often
 POLL_S = 0.5  # how long one fetch of ready rows waits
+PROBE_DEAD_S = 0.5  # how long to wait for a failed runner's ping when telling dead runners from restarting ones
 
 
 RL_ENV_NAME = "vpt_ray_rl"  # registered with Tune: ContinuingEnv(PolicyActionEnv(task env)); env_config {"task"}
@@ -265,7 +266,7 @@ class PPG(Algorithm):
         self._rho = float(config.rho)
         self._version = 0  # policy versions trained = the learners' weights_seq_no
         self._lifetime: dict[str, float] = {"episodes": 0, "env_failures": 0, "env_steps": 0, "dropped_stale_rows": 0,
-                                            "downweighted_rows": 0, "restored_env_runners": 0}  # fmt: skip
+                                            "downweighted_rows": 0, "restored_env_runners": 0, "replaced_env_runners": 0}  # fmt: skip
         self._item_counts_lifetime: dict[str, int] = {}
         self._leftover: list[dict[str, Any]] = []  # fresh rows beyond an iteration's need: the next one's first
         self._last_restore = 0.0
@@ -302,6 +303,9 @@ class PPG(Algorithm):
         if self._pretrained_app is not None:
             self._pretrained_app.stop()
             self._pretrained_app = None
+        from vpt_ray.rl.elastic import stop_waiting_env_runners
+
+        stop_waiting_env_runners(self)  # RLlib's stop would wait forever on a runner that has no node
         super().cleanup()
 
     # --------------------------------------------------------------------------------------------- iteration
@@ -347,12 +351,16 @@ class PPG(Algorithm):
     def _rescale_env_runners(self) -> None:
         """Elastic env runners, called once at the top of every iteration (vpt_ray.rl.elastic grows or shrinks the
         group towards ``self.desired_env_runners``); reports the group's size."""
-        group = self.env_runner_group
-        self._log_summary({"env_runners/healthy": group.num_healthy_remote_workers(),
-                           "env_runners/total": group.num_remote_workers()})  # fmt: skip
+        from vpt_ray.rl.elastic import rescale_env_runners
+
+        self._log_summary(rescale_env_runners(self, self.desired_env_runners))
 
     def _restore_env_runners_while_collecting(self) -> None:
-        """RLlib probes failed runners only between iterations; a job waiting on rows probes while it waits."""
+        """RLlib probes failed runners only between iterations; a job waiting on rows probes while it waits.
+
+        A runner that Ray restarts (its process died) is given the current weights when it answers again. A
+        runner Ray will never bring back (``ray.kill``, restarts used up) is replaced by a new one.
+        """
         if time.monotonic() - self._last_restore < RESTORE_EVERY_S:
             return
         self._last_restore = time.monotonic()
@@ -360,6 +368,26 @@ class PPG(Algorithm):
         if restored:
             self._lifetime["restored_env_runners"] += len(restored)
             logger.warning("env runners %s restored and given the current weights", restored)
+        self._replace_dead_env_runners()
+
+    def _replace_dead_env_runners(self) -> None:
+        group = self.env_runner_group
+        manager = group._worker_manager  # RLlib 2.60 has no public way to drop one runner (docs/rl-design.md §8)
+        unhealthy = [i for i in manager.actor_ids() if not manager.is_actor_healthy(i)]
+        if not unhealthy:
+            return
+        # A restarting runner's ping waits for the restart; only a dead one fails at once with ActorDiedError.
+        pings = manager.foreach_actor(lambda runner: runner.ping(), remote_actor_ids=unhealthy, healthy_only=False,
+                                      timeout_seconds=PROBE_DEAD_S)  # fmt: skip
+        dead = [r.actor_id for r in pings if not r.ok and isinstance(r.get(), ray.exceptions.ActorDiedError)]
+        if not dead:
+            return
+        for actor_id in dead:
+            manager.remove_actor(actor_id)
+        group.add_workers(len(dead), validate=False)
+        group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        self._lifetime["replaced_env_runners"] += len(dead)
+        logger.warning("env runners %s are dead for good; started %d new ones", dead, len(dead))
 
     def _collect_rows(self) -> tuple[dict[str, Any], dict[str, float]]:
         """Rows for one iteration (exactly ``rows_per_iteration``) and the iteration's sampling summary."""
@@ -435,6 +463,7 @@ class PPG(Algorithm):
             "env/failures": counts["env_failures"],
             "env/failures_lifetime": life["env_failures"],
             "env_runners/restored_lifetime": life["restored_env_runners"],
+            "env_runners/replaced_lifetime": life["replaced_env_runners"],
             "ppg/dropped_stale_rows": counts["dropped"],
             "ppg/dropped_stale_rows_lifetime": life["dropped_stale_rows"],
             "ppg/downweighted_rows": counts["downweighted"],
@@ -494,7 +523,8 @@ def explained_variance(rows: Mapping[str, Any]) -> float:
 
 def iteration_scalars(result: Mapping[str, Any]) -> dict[str, float]:
     """Flat TensorBoard tags of one ``train()`` result: the driver's summary, wake (learner) and sleep metrics."""
-    scalars = {tag: float(v) for tag, v in result.get(SUMMARY, {}).items()}
+    # A tag logged in an earlier iteration but not in this one (no episode ended) reduces to None: no point.
+    scalars = {tag: float(v) for tag, v in result.get(SUMMARY, {}).items() if v is not None}
     for key, phase in ((LEARNER_RESULTS, "wake"), (SLEEP_RESULTS, "sleep")):
         results = result.get(key, {})
         scalars.update({tag: float(v) for tag, v in results.get(phase, {}).items()})
