@@ -490,14 +490,14 @@ def plot_item_rates(summaries: Mapping[str, Mapping[str, Any]], out_png: str | P
     items = list(next(iter(summaries.values()))["items"])
     x = np.arange(len(items))
     width = 0.8 / len(names)
-    fig = Figure(figsize=(max(7.0, 0.9 * len(items) * max(1, len(names) / 3)), 4.2), layout="constrained")
+    fig = Figure(figsize=(min(16.0, max(7.0, 0.25 * len(items) * (len(names) + 1))), 4.2), layout="constrained")
     ax = fig.subplots()
     for j, name in enumerate(names):
         rates = np.array([summaries[name]["items"][i]["rate"] for i in items])
         lo = np.array([summaries[name]["items"][i]["wilson95"][0] for i in items])
         hi = np.array([summaries[name]["items"][i]["wilson95"][1] for i in items])
         ax.bar(x + (j - (len(names) - 1) / 2) * width, rates, width, yerr=[rates - lo, hi - rates], capsize=2,
-               label=f"{name} (n={summaries[name]['episodes']})", color=f"C{j % 10}", error_kw={"linewidth": 0.8})  # fmt: skip
+               label=f"{name} (n={summaries[name]['episodes']})", color=f"C{j % 10}", error_kw={"linewidth": 0.6, "ecolor": "0.35"})  # fmt: skip
     ax.set_xticks(x, items, rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("fraction of episodes")
