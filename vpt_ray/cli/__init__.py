@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "record": "record",
     "train-idm": "train_idm",
     "train-bc": "train_bc",
+    "rl": "rl",
     "status": "status",
     "scale": "scale",
     "submit": "submit",
@@ -25,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "filter": "filter",
     "label": "label",
     "shard": "shard",
+    "evaluate": "evaluate",
+    "demo": "demo",
 }
 
 

@@ -277,14 +277,22 @@ class PPG(Algorithm):
         # Remote runners build their own random module; every run starts them on the learners' weights.
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
         if config.use_kl:
-            from vpt_ray.rl.serving import PretrainedApp
+            self._pretrained_app = self._start_pretrained_app()
 
-            serve = config.pretrained_serve
-            self._pretrained_app = PretrainedApp.start(
-                config.pretrained_checkpoint, name=config.pretrained_app_name, num_replicas=serve.replicas,
-                num_cpus=serve.cpus_per_replica, num_gpus=serve.gpus_per_replica, max_batch_size=serve.max_batch_size,
-                batch_wait_timeout_s=serve.batch_wait_timeout_s,
-            )  # fmt: skip
+    def _start_pretrained_app(self):
+        """The frozen BC policy on Serve; an app of this run's name left by a crashed earlier job is replaced."""
+        from ray import serve
+
+        from vpt_ray.rl.serving import PretrainedApp
+
+        cfg: PPGConfig = self.config
+        if cfg.pretrained_app_name in serve.status().applications:
+            logger.warning("deleting Serve app %s left by an earlier job of this run", cfg.pretrained_app_name)
+            PretrainedApp(cfg.pretrained_app_name).stop()
+        s = cfg.pretrained_serve
+        return PretrainedApp.start(cfg.pretrained_checkpoint, name=cfg.pretrained_app_name, num_replicas=s.replicas,
+                                   num_cpus=s.cpus_per_replica, num_gpus=s.gpus_per_replica,
+                                   max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s)  # fmt: skip
 
     def _load_pretrained_weights(self, checkpoint: str) -> None:
         """BC weights into every learner (the driver reads the file once; learners may be on other nodes)."""

@@ -146,6 +146,7 @@ class PPGTorchLearner(TorchLearner):
         std = math.sqrt(max(mean_sq - mean**2, 0.0))
         # update() takes a sample's first two moments; this two-point sample has exactly the all-reduced ones.
         self.policy.value_normalizer.update(torch.tensor([mean - std, mean + std], device=self._device))
+        self.metrics.log_dict({"value/target_mean": mean, "value/target_std": std}, key=WAKE, window=1)
 
     def _minibatch_loop(self, rows: dict[str, Any], passes: int) -> None:
         n = len(rows[Columns.OBS])
@@ -187,7 +188,8 @@ class PPGTorchLearner(TorchLearner):
         entropy = policy.entropy(logprobs)
         # KL to the frozen pretrained policy replaces the entropy bonus; the scratch baseline keeps the bonus
         if config.use_kl:
-            pretrained = {head: lp.float() for head, lp in batch[PRETRAINED_LOGPROBS].items()}
+            # stored in fp16: renormalised in fp32, so the KL of identical policies is 0, never slightly negative
+            pretrained = {head: torch.log_softmax(lp.float(), dim=-1) for head, lp in batch[PRETRAINED_LOGPROBS].items()}
             kl_pretrained = policy.kl(pretrained, logprobs)  # KL(pi_pretrained || pi_theta)
             regulariser = self._rho * kl_pretrained
         else:

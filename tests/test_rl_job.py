@@ -1,0 +1,116 @@
+"""`vpt-ray rl` end to end on real Crafter, RLlib and Serve: from a BC checkpoint (KL to the frozen policy on
+Serve, rho decaying, item curves, ledger, teardown), from scratch, and checkpoint -> resume in a new process."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vpt_ray.rl.job import PROGRESS_FILE, list_checkpoints
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _progress(run_dir: Path) -> list[dict]:
+    path = run_dir / PROGRESS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _train_tiny_bc(task_path: Path, out: Path, *, steps: int = 60, seed: int = 0) -> Path:
+    """A BC policy of the task's (tiny) architecture cloned from the scripted Crafter player: the KL target."""
+    from vpt_ray.actions import get_action_space
+    from vpt_ray.bc.loss import bc_loss
+    from vpt_ray.envs import make_env
+    from vpt_ray.envs.crafter_scripted import CrafterDemonstrator
+    from vpt_ray.models import build_model, load_preset, save_checkpoint
+    from vpt_ray.spec import load_task
+
+    spec = load_task(task_path)
+    frames, actions = [], []
+    env = make_env(spec, robust=False)
+    agent = CrafterDemonstrator(seed=seed)
+    for episode in range(2):
+        obs, _ = env.reset(seed=seed + episode)
+        agent.reset(env)
+        for _ in range(96):
+            action = agent.act(env)
+            frames.append(obs)
+            actions.append(action)
+            obs, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                break
+    env.close()
+    frames_t, actions_t = np.stack(frames), np.array(actions)
+    torch.manual_seed(seed)
+    model = build_model(load_preset(spec.rl.policy))
+    space = get_action_space("crafter")
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(seed)
+    t_len = 16
+    for _ in range(steps):
+        starts = rng.integers(0, len(frames_t) - t_len, 4)
+        x = torch.as_tensor(np.stack([frames_t[s:s + t_len] for s in starts]))
+        labels = {"action": torch.as_tensor(np.stack([actions_t[s:s + t_len] for s in starts]))}
+        first = torch.zeros(x.shape[:2], dtype=torch.bool)
+        first[:, 0] = True
+        loss, _ = bc_loss(space, model(x, first).logprobs, labels, torch.ones(x.shape[:2], dtype=torch.bool))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return save_checkpoint(model, out)
+
+
+def test_rl_from_a_bc_checkpoint_kl_to_the_served_policy_rho_decay_item_curves(ray_local, rl_task, tmp_path,
+                                                                              monkeypatch, capsys):  # fmt: skip
+    from ray import serve
+
+    from vpt_ray.cli import main
+    from vpt_ray.ledger import open_ledger
+    from vpt_ray.models import load_checkpoint
+    from vpt_ray.rl.metrics import plot_item_curves, read_scalars
+
+    monkeypatch.setenv("VPT_LEDGER", str(tmp_path / "ledger.sqlite"))
+    bc = _train_tiny_bc(rl_task("bc-data", env={"max_steps": 96}), tmp_path / "bc")
+    # 16-step episodes: several end in every iteration of 8 rows x 8 steps.
+    task = rl_task(env={"max_steps": 16}, context_len=8, checkpoint_every=2, rho=0.2, rho_decay=0.9)
+    run_dir = tmp_path / "run"
+    assert main(["rl", "--task", str(task), "--init", str(bc), "--out", str(run_dir), "--iterations", "3",
+                 "--run-id", "kl-run"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "iter 3/3" in out and "final policy" in out
+
+    progress = _progress(run_dir)
+    assert [p["iteration"] for p in progress] == [1, 2, 3]
+    for p in progress:
+        k = p["iteration"]
+        assert p["ppg/rho_trained"] == pytest.approx(0.2 * 0.9 ** (k - 1), rel=1e-12)
+        assert p["ppg/rho"] == pytest.approx(0.2 * 0.9**k, rel=1e-12)
+        # KL(pi_pretrained || pi_theta): the policy starts as the served BC policy and stays near it
+        assert 0.0 <= p["kl/pretrained"] < 0.2
+    assert progress[0]["kl/pretrained"] < 0.02
+    assert sum(p["episode/count"] for p in progress) >= 4
+
+    scalars = read_scalars(run_dir / "tensorboard")
+    for item in ("wood", "table"):
+        assert [step for step, _ in scalars[f"items_lifetime/{item}"]] == [1, 2, 3]
+        assert all(0.0 <= v <= 1.0 for _, v in scalars[f"items_lifetime/{item}"])
+        assert scalars[f"items/{item}"], "no per-iteration item fractions written"
+    assert scalars["ppg/rho"] == [(k, pytest.approx(0.2 * 0.9**k, rel=1e-6)) for k in (1, 2, 3)]  # float32 in TB
+    assert plot_item_curves(run_dir / "tensorboard", tmp_path / "items.png").stat().st_size > 1000
+
+    assert "vpt-pretrained-kl-run" not in serve.status().applications  # torn down at the end of the job
+    record = open_ledger(tmp_path / "ledger.sqlite").get_run("kl-run")
+    assert record.status == "succeeded" and record.iteration == 3 and record.kind == "rl"
+    assert set(record.items) == {"wood", "table"} and Path(record.checkpoint) == list_checkpoints(run_dir)[-1].resolve()
+    assert [c.name for c in list_checkpoints(run_dir)] == ["iteration_000002", "iteration_000003"]
+    assert load_checkpoint(run_dir / "final").config == load_checkpoint(bc).config
