@@ -114,3 +114,70 @@ def test_rl_from_a_bc_checkpoint_kl_to_the_served_policy_rho_decay_item_curves(r
     assert set(record.items) == {"wood", "table"} and Path(record.checkpoint) == list_checkpoints(run_dir)[-1].resolve()
     assert [c.name for c in list_checkpoints(run_dir)] == ["iteration_000002", "iteration_000003"]
     assert load_checkpoint(run_dir / "final").config == load_checkpoint(bc).config
+
+
+def _latest(progress: list[dict]) -> dict[int, dict]:
+    """Iteration -> its last record (a killed run may have written an iteration its resume then redid)."""
+    return {p["iteration"]: p for p in progress}
+
+
+@pytest.mark.slow
+def test_scratch_run_killed_then_resumed_in_a_new_process_continues_everything(rl_task, tmp_path):
+    from vpt_ray.ledger import open_ledger
+    from vpt_ray.rl.metrics import read_scalars
+
+    beta = 0.9
+    task = rl_task(env={"max_steps": 16}, context_len=8, checkpoint_every=1, keep_checkpoints=10, rho=0.2,
+                   rho_decay=0.9, value_norm_beta=beta)  # fmt: skip
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "VPT_LEDGER": str(tmp_path / "ledger.sqlite"), "RAY_AUTH_MODE": "disabled",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    cli = [str(Path(sys.executable).with_name("vpt-ray")), "rl"]
+    log = open(tmp_path / "first.log", "w")
+    # Its own session: killing the group kills the job's local Ray cluster with it, like a lost machine.
+    first = subprocess.Popen([*cli, "--task", str(task), "--out", str(run_dir), "--iterations", "8", "--run-id",
+                              "resumed-run"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while len(list_checkpoints(run_dir)) < 2 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(list_checkpoints(run_dir)) >= 2, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        log.close()
+    k = int(list_checkpoints(run_dir)[-1].name.split("_")[1])
+    assert k < 8, "the first run finished before it was killed"
+
+    second = subprocess.run([*cli, "--resume", str(run_dir), "--iterations", str(k + 2)], env=env,
+                            capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"iteration {k}, rho" in second.stdout
+    progress = _progress(run_dir)
+    resumed = [p["iteration"] for p in progress[-2:]]
+    assert resumed == [k + 1, k + 2]
+    p = _latest(progress)
+    assert sorted(p) == list(range(1, k + 3))
+    for j in (k + 1, k + 2):
+        # rho continues: iteration j trains with rho0 * decay^(j - 1)
+        assert p[j]["ppg/rho_trained"] == pytest.approx(0.2 * 0.9 ** (j - 1), rel=1e-12)
+        # Adam's step count continues (wake steps of j on top of everything up to j - 1's sleep)
+        assert p[j]["ppg/optimizer_steps"] == p[j - 1]["ppg/optimizer_steps"] + p[j - 1]["ppg/sleep_minibatches"] \
+            + p[j]["ppg/wake_minibatches"]
+        # the value normaliser continues its debiased EWMA: mean_j = (beta d_{j-1} mean_{j-1} + (1-beta) m_j) / d_j
+        d_prev, d = 1 - beta ** (j - 1), 1 - beta**j
+        expected = (beta * d_prev * p[j - 1]["value/normalizer_mean"] + (1 - beta) * p[j]["value/target_mean"]) / d
+        assert p[j]["value/normalizer_mean"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+        # counters continue
+        assert p[j]["env/steps_lifetime"] == p[j - 1]["env/steps_lifetime"] + p[j]["env/steps"]
+        assert p[j]["episode/count_lifetime"] == p[j - 1]["episode/count_lifetime"] + p[j]["episode/count"]
+    # The scratch baseline: entropy bonus, no KL term.
+    assert all("kl/pretrained" not in r and r["policy/entropy"] > 0 for r in progress)
+
+    # TensorBoard: every iteration once, the killed run's steps after the checkpoint purged.
+    rho = read_scalars(run_dir / "tensorboard")["ppg/rho"]
+    assert [step for step, _ in rho] == list(range(1, k + 3))
+    assert [v for _, v in rho] == [pytest.approx(0.2 * 0.9**j, rel=1e-6) for j in range(1, k + 3)]
+    record = open_ledger(tmp_path / "ledger.sqlite").get_run("resumed-run")
+    assert record.status == "succeeded" and record.iteration == k + 2

@@ -74,6 +74,9 @@ def _convert(tp: Any, value: Any, where: str, field: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        members = [arg for arg in args if arg is not type(None)]
+        if len(members) == 1:  # Optional[X]: X's own error names the field that is wrong
+            return _convert(members[0], value, where, field)
         for arg in args:
             if arg is type(None):
                 continue

@@ -154,9 +154,11 @@ class PPGConfig(AlgorithmConfig):
             .environment(env=RL_ENV_NAME, env_config={"task": task_to_dict(task)})
             .env_runners(num_env_runners=runners, num_envs_per_env_runner=scale.envs_per_env_runner,
                          num_cpus_per_env_runner=scale.cpus_per_env_runner, rollout_fragment_length=rl.context_len,
+                         custom_resources_per_env_runner=dict(scale.env_runner_resources),
                          create_local_env_runner=runners == 0)  # fmt: skip
             .learners(num_learners=scale.num_learners, num_cpus_per_learner=scale.cpus_per_learner,
-                      num_gpus_per_learner=scale.gpus_per_learner)  # fmt: skip
+                      num_gpus_per_learner=scale.gpus_per_learner,
+                      custom_resources_per_learner=dict(scale.learner_resources))  # fmt: skip
             .rl_module(rl_module_spec=RLModuleSpec(
                 module_class=VPTRLModule,
                 model_config={**module_model_config(model, value_norm_beta=rl.value_norm_beta, seed=rl.seed),

@@ -45,9 +45,12 @@ class ScaleSpec:
     env_runners: int = 1  # the most env runners; fewer run while CPUs are short (and `vpt-ray scale` can lower it)
     envs_per_env_runner: int = 2  # sub-envs stepped in lockstep by one runner: rows per sample call
     cpus_per_env_runner: float = 1.0
+    # Custom Ray resources per env runner, e.g. {rollout: 1} to keep runners on the cluster's rollout nodes.
+    env_runner_resources: dict[str, float] = field(default_factory=dict)
     num_learners: int = 0  # 0: one learner in the driver process; 1: one learner actor; >= 2: DDP
     cpus_per_learner: float = 1.0
     gpus_per_learner: float = 0.0
+    learner_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per learner
     serve: ServeSpec = field(default_factory=ServeSpec)
 
     def __post_init__(self):
@@ -58,6 +61,12 @@ class ScaleSpec:
             raise ValueError(f"num_learners must be >= 0, got {self.num_learners}")
         if self.cpus_per_env_runner <= 0 or self.cpus_per_learner < 0 or self.gpus_per_learner < 0:
             raise ValueError("cpus_per_env_runner must be > 0, cpus/gpus_per_learner >= 0")
+        for what, resources in (("env_runner_resources", self.env_runner_resources),
+                                ("learner_resources", self.learner_resources)):  # fmt: skip
+            bad = {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory") or not v > 0}
+            if bad:
+                raise ValueError(f"{what}: custom resources need positive amounts and no CPU/GPU/memory "
+                                 f"(those have their own fields), got {bad}")  # fmt: skip
 
 
 @dataclass(frozen=True)

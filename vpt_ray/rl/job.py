@@ -71,16 +71,19 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def initial_env_runners(task: TaskSpec, kl: bool) -> int:
-    """Env runners to start with: as many as the cluster's free CPUs hold now, within the spec's maximum (the
-    group's construction waits for every runner it asks for; elasticity adds the rest later)."""
+    """Env runners to start with: as many as the cluster's free resources hold now (after the learners and the
+    Serve replicas), within the spec's maximum. The runner group's construction waits for every runner it asks
+    for; elastic scaling adds the rest as nodes come."""
     import ray
 
     scale = task.rl.scale
-    free = ray.available_resources().get("CPU", 0.0)
-    free -= scale.num_learners * scale.cpus_per_learner
+    free = dict(ray.available_resources())
+    free["CPU"] = free.get("CPU", 0.0) - scale.num_learners * scale.cpus_per_learner
     if kl:
-        free -= scale.serve.replicas * scale.serve.cpus_per_replica
-    return max(1, min(scale.env_runners, int(free // scale.cpus_per_env_runner)))
+        free["CPU"] -= scale.serve.replicas * scale.serve.cpus_per_replica
+    need = {"CPU": scale.cpus_per_env_runner, **scale.env_runner_resources}
+    fit = min(int(max(free.get(name, 0.0), 0.0) // amount) for name, amount in need.items())
+    return max(1, min(scale.env_runners, fit))
 
 
 def _prepare_new_run(task: str | Path | TaskSpec, out: Path | None, init: str | Path | None, kl: bool,
