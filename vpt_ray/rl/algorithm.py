@@ -394,8 +394,9 @@ class PPG(Algorithm):
             return
         for actor_id in dead:
             manager.remove_actor(actor_id)
-        group.add_workers(len(dead), validate=False)
-        group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        from vpt_ray.rl.elastic import add_env_runners
+
+        add_env_runners(self, len(dead))  # unused worker indices (add_workers reuses a live one's: same seeds)
         self._lifetime["replaced_env_runners"] += len(dead)
         logger.warning("env runners %s are dead for good; started %d new ones", dead, len(dead))
 
