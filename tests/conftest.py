@@ -160,14 +160,17 @@ TINY_RL_POLICY = {
 
 @pytest.fixture
 def rl_task(tmp_path):
-    """``rl_task(name="rl-test", env=None, **rl)`` writes crafter-wood with the tiny RL policy, ``env`` fields and
-    ``rl`` fields replaced (``scale`` as a mapping merged into the preset's), and returns the YAML's path."""
+    """``rl_task(name="rl-test", env=None, rewards=None, **rl)`` writes crafter-wood with the tiny RL policy, ``env``
+    fields and ``rl`` fields replaced (``scale`` as a mapping merged into the preset's), ``rewards`` (a list of
+    ``{item, quantity, reward}``) instead of the preset's, and returns the YAML's path."""
     import yaml
 
     from vpt_ray.spec import load_task, task_to_dict
 
-    def make(name: str = "rl-test", *, env: dict | None = None, **rl) -> Path:
+    def make(name: str = "rl-test", *, env: dict | None = None, rewards: list | None = None, **rl) -> Path:
         task = task_to_dict(load_task("crafter-wood"))
+        if rewards is not None:
+            task["rewards"] = {"items": rewards}
         preset = tmp_path / "tiny-rl-policy.yaml"
         preset.write_text(yaml.safe_dump(TINY_RL_POLICY))
         task["name"] = name
