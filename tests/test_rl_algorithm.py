@@ -97,3 +97,30 @@ def test_killed_env_runner_is_replaced_and_the_iteration_completes(ray_local, rl
     assert second["env/steps"] >= 8 * 16 and time.monotonic() - t0 < 120
     # The replacement samples with the current weights (restore pushed them; the last sync too).
     assert seq_nos == [3]
+
+
+@pytest.mark.slow
+def test_two_ddp_learners_stay_identical_through_wake_and_sleep(ray_local, rl_task):
+    # gloo DDP on CPU: every parameter must be in every graph (the aux head joins the wake loss with weight 0), the
+    # minibatch counts must match, and the value normalisers must see the same all-reduced moments.
+    algo = _build(rl_task, context_len=8, batch_size=4, batches_per_iteration=2, sleep_cycles=1,
+                  sleep_max_sample_reuse=2, scale={"num_learners": 2, "cpus_per_learner": 1, "envs_per_env_runner": 4})  # fmt: skip
+    try:
+        results = [iteration_scalars(algo.train()) for _ in range(2)]
+
+        def fingerprint(learner):
+            policy = learner.policy
+            params = [float(p.detach().double().sum()) for p in policy.parameters()]
+            mean, var = policy.value_normalizer.mean_var()
+            return params, float(mean), float(var), learner._optimizer_steps(), learner.sleep_buffer_rows
+
+        prints = [r.get() for r in algo.learner_group.foreach_learner(fingerprint).result_or_errors]
+    finally:
+        algo.stop()
+    assert len(prints) == 2
+    (params_a, *rest_a), (params_b, *rest_b) = prints
+    assert params_a == pytest.approx(params_b, rel=1e-6, abs=1e-6)
+    assert rest_a == rest_b
+    assert rest_a[3] == [4, 4]  # each learner's own half of each iteration's 8 rows
+    # 2 steps of 2 rows on each learner (4-row minibatches split in two), summed over both learners
+    assert [r["ppg/wake_minibatches"] for r in results] == [4, 4]

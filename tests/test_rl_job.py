@@ -181,3 +181,31 @@ def test_scratch_run_killed_then_resumed_in_a_new_process_continues_everything(r
     assert [v for _, v in rho] == [pytest.approx(0.2 * 0.9**j, rel=1e-6) for j in range(1, k + 3)]
     record = open_ledger(tmp_path / "ledger.sqlite").get_run("resumed-run")
     assert record.status == "succeeded" and record.iteration == k + 2
+
+
+def test_no_kl_run_starts_from_the_bc_weights_without_serve_and_trains_through_a_dead_ledger(ray_local, rl_task,
+                                                                                              tmp_path):  # fmt: skip
+    import socket
+
+    from ray import serve
+
+    from vpt_ray.models import build_model, load_checkpoint, load_preset
+    from vpt_ray.rl.job import run_rl
+
+    task = rl_task(env={"max_steps": 16}, context_len=8)
+    bc = _train_tiny_bc(rl_task("bc-data", env={"max_steps": 96}), tmp_path / "bc", steps=10)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]  # nothing listens here: every ledger write fails (and is queued)
+    summary = run_rl(task, out=tmp_path / "run", init=bc, kl=False, iterations=2, run_id="no-kl",
+                     ledger=f"redis://127.0.0.1:{closed_port}/0")  # fmt: skip
+    assert summary["iteration"] == 2
+    assert json.loads((tmp_path / "run" / "run.json").read_text()) == {"run_id": "no-kl", "init": str(bc), "kl": False}
+    progress = _progress(tmp_path / "run")
+    assert len(progress) == 2 and all("kl/pretrained" not in p and p["policy/entropy"] > 0 for p in progress)
+    assert not any(name.startswith("vpt-pretrained") for name in serve.status().applications)
+    # Trained from the BC weights (two iterations move them a little), not from a fresh random init.
+    key = "pi_head.action.linear_layer.weight"
+    final, start = load_checkpoint(summary["final"]).state_dict()[key], load_checkpoint(bc).state_dict()[key]
+    fresh = build_model(load_preset(str(tmp_path / "tiny-rl-policy.yaml"))).state_dict()[key]
+    assert (final - start).norm() < 0.2 * (final - fresh).norm()
