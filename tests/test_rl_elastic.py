@@ -197,7 +197,7 @@ def test_a_joining_node_is_filled_up_to_the_spec_maximum(cluster, rl_task):
     assert max(s["env_runners/total"] for s in history) == 3  # never past the maximum
     assert last["env_runners/added_lifetime"] == 2 and last["env_runners/removed_lifetime"] == 0
     assert [s["ppg/iteration"] for s in [first, *history]] == list(range(1, len(history) + 2))
-    assert all(s["ppg/wake_minibatches"] == 2 and s["env/steps"] > 0 for s in [first, *history])  # full batches, fresh rows
+    assert all(s["ppg/wake_minibatches"] == 2 and s["env/steps"] > 0 for s in [first, *history])  # full batches
     # All three sample, two of them on the new node, each with its own worker index and env seed.
     assert len(info) == 3 and all(n > 0 for n in steps)
     assert len({i[0] for i in info.values()}) == 3 and len({i[1] for i in info.values()}) == 3
@@ -240,7 +240,7 @@ def test_a_leaving_node_loses_no_iteration_and_its_runner_returns_with_capacity(
     assert stop_s < 60
     # No iteration lost: every train() call was one iteration with its full rows.
     assert [s["ppg/iteration"] for s in results] == list(range(1, len(results) + 1))
-    assert all(s["ppg/wake_minibatches"] == 2 and s["env/steps"] > 0 for s in results)  # full batches, fresh rows
+    assert all(s["ppg/wake_minibatches"] == 2 and s["env/steps"] > 0 for s in results)
     assert restarts >= 1  # the same runner came back (restarted by Ray), no new one was started for it
     assert results[-1]["env_runners/added_lifetime"] == 0
 
@@ -296,7 +296,7 @@ def test_vpt_ray_scale_applies_at_the_next_iteration_down_and_up(ray_local, rl_t
     assert after_up[4][1] not in {v[1] for v in before.values()}
     assert (capped["env_runners/desired"], capped["env_runners/total"]) == (3, 3)
     assert [s["ppg/iteration"] for s in results] == list(range(1, len(results) + 1))
-    assert all(s["ppg/wake_minibatches"] == 2 and s["env/steps"] > 0 for s in results)  # full batches, fresh rows
+    assert all(s["ppg/wake_minibatches"] == 2 and s["env/steps"] > 0 for s in results)
 
 
 def _wait_until(condition, timeout_s: float = 20.0) -> bool:
@@ -349,4 +349,4 @@ def test_a_hanging_and_a_crashing_simulator_are_recreated_and_training_goes_on(r
     assert len(new_sims) == 2 and not {hung, crashed} & set(new_sims)
     assert _wait_until(lambda: not _alive(hung) and not _alive(crashed))
     assert [s["ppg/iteration"] for s in results] == list(range(1, len(results) + 1))
-    assert all(s["ppg/wake_minibatches"] == 2 and s["env/steps"] > 0 for s in results)  # full batches, fresh rows
+    assert all(s["ppg/wake_minibatches"] == 2 and s["env/steps"] > 0 for s in results)

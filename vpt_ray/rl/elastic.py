@@ -222,6 +222,6 @@ def stop_waiting_env_runners(algo) -> list[int]:
 
 
 __all__ = [
-    "MAX_WAITING", "ROLLOUT_RESOURCE", "RescalePlan", "add_env_runners", "env_runner_demand", "free_env_runner_slots", "plan_rescale",
-    "rescale_env_runners", "stop_waiting_env_runners", "target_env_runners",
+    "MAX_WAITING", "ROLLOUT_RESOURCE", "RescalePlan", "add_env_runners", "env_runner_demand", "free_env_runner_slots",
+    "plan_rescale", "rescale_env_runners", "stop_waiting_env_runners", "target_env_runners",
 ]  # fmt: skip
