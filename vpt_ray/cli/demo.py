@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         for stage, state in plan(resolved, run_dir).items():
             print(f"{stage:12s} {state}")
         return 0
-    print(f"vpt-ray demo: preset {preset!r} into {run_dir.resolve()}")
+    print(f"vpt-ray demo: preset {preset!r} into {run_dir.resolve()}", flush=True)
     t0 = time.perf_counter()
     try:
         summary = run_demo(config, run_dir, preset=preset, ledger=args.ledger, progress=args.progress,

@@ -24,7 +24,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,9 @@ def run_demo(config: DemoConfig, run_dir: str | Path, *, preset: str = "", ledge
             book("update_run", run_id, iteration=i - 1, metrics={"stages": statuses, "seconds": seconds})
             if stage.needs_ray and not ray.is_initialized():
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                # Serve would print one access-log line per KL-target request of the RL stages; its logs still go
+                # to the session's log files.
+                os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
                 # A cluster of our own on loopback (never one another process on this machine started), no
                 # dashboard (it costs ~1 GiB); every stage's workload runs on it.
                 ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count(), include_dashboard=False,
@@ -180,11 +185,17 @@ def run_demo(config: DemoConfig, run_dir: str | Path, *, preset: str = "", ledge
             _prepare_stage_dir(run_dir, stage.name, hashes[stage.name])
             ctx = StageContext(resolved, run_dir, run_dir / stage.name, outputs, ledger, run_id, progress)
             t0 = time.perf_counter()
+            sigint = signal.getsignal(signal.SIGINT) if _main_thread() else None
             try:
                 outputs[stage.name] = stage.run(ctx)
             except BaseException:
                 statuses[stage.name] = "failed" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "stopped"
                 raise
+            finally:
+                # Ray Train's fit() installs a SIGINT handler of its own and leaves it behind; without this, Ctrl-C
+                # would no longer stop the demo once a training stage has run.
+                if sigint is not None:
+                    signal.signal(signal.SIGINT, sigint)
             seconds[stage.name] = round(time.perf_counter() - t0, 1)
             _close_stale_worker_bars()
             _write_json(marker_path(run_dir, stage.name), {
@@ -215,6 +226,10 @@ def run_demo(config: DemoConfig, run_dir: str | Path, *, preset: str = "", ledge
     return {"run_id": run_id, "run_dir": str(run_dir), "status": status, "stages": statuses, "seconds": seconds,
             "wall_s": round(time.perf_counter() - t_start, 1),
             "report": outputs.get("report", {}).get("markdown")}  # fmt: skip
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _close_stale_worker_bars() -> None:
