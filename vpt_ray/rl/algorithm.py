@@ -34,6 +34,7 @@ from ray.rllib.connectors.common import AddStatesFromEpisodesToBatch
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.env.env_runner import NUM_ENV_STEP_FAILURES_LIFETIME
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
@@ -542,6 +543,10 @@ def iteration_scalars(result: Mapping[str, Any]) -> dict[str, float]:
         grad_norm = results.get(DEFAULT_MODULE_ID, {}).get("gradients_default_optimizer_global_norm")
         if grad_norm is not None:
             scalars[f"grad_norm/{phase}"] = float(grad_norm)
+    # sub-envs RLlib rebuilt because a step still raised after the robust wrapper (restart_failed_sub_environments)
+    step_failures = result.get(ENV_RUNNER_RESULTS, {}).get(NUM_ENV_STEP_FAILURES_LIFETIME)
+    if step_failures is not None:
+        scalars["env/runner_env_rebuilds_lifetime"] = float(step_failures)
     scalars["ppg/iteration"] = float(result.get("training_iteration", 0))
     return scalars
 

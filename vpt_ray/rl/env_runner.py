@@ -109,6 +109,15 @@ class VPTEnvRunner(SingleAgentEnvRunner):
         ``stats``: ``episodes`` (finished episodes' summaries), ``env_failures`` (steps on which a simulator was
         recreated), ``steps``, ``sample_s``, ``pretrained_s``.
         """
+        try:
+            return self._sample_rows()
+        except BaseException:
+            # The episodes may be cut mid-row or miss their frozen-policy memory: start every sub-env afresh on the
+            # next call (RLlib marks this runner unhealthy; the driver's probe brings it back).
+            self._needs_initial_reset = True
+            raise
+
+    def _sample_rows(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         t_len = self.config.get_rollout_fragment_length()
         t0 = time.perf_counter()
         chunks = self.sample()

@@ -201,6 +201,10 @@ def run_rl(task: str | Path | TaskSpec | None = None, *, out: str | Path | None 
     from vpt_ray.rl.algorithm import PPGConfig, iteration_scalars
     from vpt_ray.rl.metrics import RLMetricsWriter
 
+    if spec.rl.scale.num_learners == 0:  # the learner trains in this process: as many threads as it has CPUs
+        import torch
+
+        torch.set_num_threads(max(1, int(spec.rl.scale.cpus_per_learner)))
     run = _LedgerRun(_open_ledger(ledger), meta["run_id"])
     config = PPGConfig.from_spec(spec, init=meta["init"], kl=meta["kl"], run_id=meta["run_id"],
                                  num_env_runners=initial_env_runners(spec, meta["kl"]))  # fmt: skip
@@ -265,8 +269,22 @@ def run_rl(task: str | Path | TaskSpec | None = None, *, out: str | Path | None 
             writer.close()
         if algo is not None:
             algo.stop()  # also deletes this run's Serve app (the frozen policy)
+        elif config.use_kl:
+            _delete_serve_app(config.pretrained_app_name)  # interrupted while the algorithm was being built
         if started_ray:
             ray.shutdown()
+
+
+def _delete_serve_app(name: str) -> None:
+    from ray import serve
+
+    from vpt_ray.rl.serving import PretrainedApp
+
+    try:
+        if name in serve.status().applications:
+            PretrainedApp(name).stop()
+    except Exception as e:  # tearing down after a failure must not hide the failure
+        logger.warning("could not delete Serve app %s: %s", name, e)
 
 
 def _save_checkpoint(algo, run_dir: Path, iteration: int, keep: int) -> Path:
