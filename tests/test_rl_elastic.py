@@ -245,6 +245,7 @@ def test_a_leaving_node_loses_no_iteration_and_its_runner_returns_with_capacity(
     assert results[-1]["env_runners/added_lifetime"] == 0
 
 
+@pytest.mark.slow
 def test_vpt_ray_scale_applies_at_the_next_iteration_down_and_up(ray_local, rl_task, tmp_path, capsys):
     import argparse
 
