@@ -80,6 +80,7 @@ def test_wake_loss_equals_a_direct_computation(batch_and_learner):
     p = np.exp(lp)
     if kl:
         pre = batch[PRETRAINED_LOGPROBS]["action"].double().numpy()
+        pre = pre - np.log(np.exp(pre).sum(-1, keepdims=True))  # stored in fp16, renormalised
         regulariser = 0.3 * (np.exp(pre) * (pre - lp)).sum(-1)  # rho * KL(pi_pretrained || pi_theta)
     else:
         regulariser = -0.03 * -(p * lp).sum(-1)  # - entropy_coef * entropy

@@ -117,7 +117,6 @@ class PPGConfig(AlgorithmConfig):
         self.rho_decay = rl.rho_decay
         self.wake_value_coeff = rl.wake_value_coef
         self.entropy_coeff = rl.entropy_coef
-        self.value_norm_beta = rl.value_norm_beta
         self.sample_timeout_s = rl.sample_timeout_s
 
     # --------------------------------------------------------------------------------------------- builders
@@ -177,15 +176,16 @@ class PPGConfig(AlgorithmConfig):
                  staleness_mode=NotProvided, stale_row_weight=NotProvided, sleep_cycles=NotProvided,
                  sleep_max_sample_reuse=NotProvided, sleep_vf_coeff=NotProvided, sleep_aux_vf_coeff=NotProvided,
                  sleep_kl_coeff=NotProvided, rho=NotProvided, rho_decay=NotProvided, wake_value_coeff=NotProvided,
-                 entropy_coeff=NotProvided, value_norm_beta=NotProvided, **kwargs) -> PPGConfig:  # fmt: skip
-        """RLlib's ``training()`` plus PPG's hyperparameters (names as the attributes; see ``_apply_rl_spec``)."""
+                 entropy_coeff=NotProvided, **kwargs) -> PPGConfig:  # fmt: skip
+        """RLlib's ``training()`` plus PPG's hyperparameters (names as the attributes; see ``_apply_rl_spec``). The
+        value normaliser's EWMA beta belongs to the module: ``rl_module(model_config=...)``."""
         super().training(**kwargs)
         given = dict(rows_per_minibatch=rows_per_minibatch, minibatches_per_iteration=minibatches_per_iteration,
                      clip_param=clip_param, weight_decay=weight_decay, max_staleness=max_staleness,
                      staleness_mode=staleness_mode, stale_row_weight=stale_row_weight, sleep_cycles=sleep_cycles,
                      sleep_max_sample_reuse=sleep_max_sample_reuse, sleep_vf_coeff=sleep_vf_coeff,
                      sleep_aux_vf_coeff=sleep_aux_vf_coeff, sleep_kl_coeff=sleep_kl_coeff, rho=rho, rho_decay=rho_decay,
-                     wake_value_coeff=wake_value_coeff, entropy_coeff=entropy_coeff, value_norm_beta=value_norm_beta)  # fmt: skip
+                     wake_value_coeff=wake_value_coeff, entropy_coeff=entropy_coeff)  # fmt: skip
         for name, value in given.items():
             if value is not NotProvided:
                 setattr(self, name, value)
