@@ -28,8 +28,7 @@ def _algo(rl_task):
 
 
 @pytest.fixture
-def batch_and_learner(ray_local, rl_task, request):
-    kl = request.param
+def batch_and_learner(ray_local, rl_task):
     algo = _algo(rl_task)
     rows, _, _ = algo.env_runner.sample_rows()
     rows, _, _ = algo.env_runner.sample_rows()  # a second row: state_in carries memory
@@ -45,20 +44,28 @@ def batch_and_learner(ray_local, rl_task, request):
     learner.policy.value_normalizer.update(torch.tensor([1.0, 3.0]))
     batch = {k: ({h: torch.as_tensor(a) for h, a in v.items()} if isinstance(v, dict) else torch.as_tensor(v))
              for k, v in rows.items() if k in TRAIN_COLUMNS}  # fmt: skip
-    # The loss reads the KL switch from the config it is given: the pretrained targets come with the batch here
-    # rather than from a Serve app.
-    config = learner.config.copy(copy_frozen=False).pretrained(app_name="kl-on" if kl else None)
-    yield learner, config, batch, kl
+    yield learner, batch
     algo.stop()
+
+
+def _config(learner, kl: bool):
+    """The loss reads the KL switch from the config it is given: the pretrained targets come with the batch here
+    rather than from a Serve app."""
+    return learner.config.copy(copy_frozen=False).pretrained(app_name="kl-on" if kl else None)
 
 
 def _weighted_mean(x, w):
     return float((x * w).sum() / w.sum())
 
 
-@pytest.mark.parametrize("batch_and_learner", [True, False], ids=["kl", "scratch"], indirect=True)
-def test_wake_loss_equals_a_direct_computation(batch_and_learner):
-    learner, cfg, batch, kl = batch_and_learner
+def test_wake_loss_equals_a_direct_computation_with_the_kl_term_and_with_the_entropy_bonus(batch_and_learner):
+    learner, batch = batch_and_learner
+    for kl in (False, True):  # scratch first: its logged metrics must not contain a KL
+        _check_wake_loss(learner, batch, kl)
+
+
+def _check_wake_loss(learner, batch, kl: bool) -> None:
+    cfg = _config(learner, kl)
     module = learner.module[DEFAULT_MODULE_ID]
     learner._phase, learner._rho = WAKE, 0.3
     fwd = module.forward_train(batch)
@@ -95,9 +102,9 @@ def test_wake_loss_equals_a_direct_computation(batch_and_learner):
         assert logged["kl/pretrained"].peek() == pytest.approx(_weighted_mean(regulariser / 0.3, w), rel=1e-4)
 
 
-@pytest.mark.parametrize("batch_and_learner", [False], ids=["scratch"], indirect=True)
 def test_sleep_loss_equals_a_direct_computation_and_starts_with_zero_kl(batch_and_learner):
-    learner, cfg, batch, _ = batch_and_learner
+    learner, batch = batch_and_learner
+    cfg = _config(learner, kl=False)
     module = learner.module[DEFAULT_MODULE_ID]
     learner._pre_sleep = copy.deepcopy(learner.policy).requires_grad_(False)
     learner._phase = SLEEP
