@@ -19,7 +19,9 @@ explained variance, frames/s, env failures, dropped rows, ...).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -318,6 +320,10 @@ class PPG(Algorithm):
 
         stop_waiting_env_runners(self)  # RLlib's stop would wait forever on a runner that has no node
         super().cleanup()
+        # Tune's Trainable makes an empty ~/ray_results/<time> dir for every algorithm; PPG's results go to the
+        # job's run directory instead.
+        with contextlib.suppress(OSError):
+            os.rmdir(self.logdir)
 
     # --------------------------------------------------------------------------------------------- iteration
     def training_step(self) -> None:
