@@ -186,6 +186,21 @@ def test_policy_agent_on_ray_actors(ray_local, tiny_checkpoint):
     assert [r["world_seed"] for r in local["per_episode"]] == [r["world_seed"] for r in s["per_episode"]]
 
 
+def test_several_agents_share_one_actor_pool(ray_local, tiny_checkpoint):
+    agents = [ev.parse_agent(f"tiny={tiny_checkpoint}"), ev.AgentSpec("random", "random"),
+              ev.AgentSpec("scripted", "demonstrator")]  # fmt: skip
+    seen = []
+    out = ev.evaluate_agents(agents, "crafter-wood", episodes=3, workers=2, envs_per_worker=2, max_steps=30,
+                             progress=False, on_result=lambda name, s: seen.append((name, s["episodes"])))  # fmt: skip
+    assert list(out) == ["tiny", "random", "scripted"] and sorted(seen) == [("random", 3), ("scripted", 3), ("tiny", 3)]
+    # Every agent plays the same worlds.
+    worlds = {name: [r["world_seed"] for r in s["per_episode"]] for name, s in out.items()}
+    assert worlds["tiny"] == worlds["random"] == worlds["scripted"]
+    assert out["scripted"]["agent"]["kind"] == "demonstrator" and out["tiny"]["agent"]["kind"] == "policy"
+    with pytest.raises(ev.EvaluationError, match="names must differ"):
+        ev.evaluate_agents([agents[1], agents[1]], "crafter-wood", episodes=1, workers=0, progress=False)
+
+
 def test_bad_agent_for_task(tiny_checkpoint, tmp_path):
     import yaml
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -283,26 +283,25 @@ def _crafter_achievement_counts(env) -> dict[str, int] | None:
     return {name: int(counts.get(name, 0)) for name in crafter_achievements()}
 
 
-def _play_chunk(agent: AgentSpec, task: Mapping[str, Any], episodes: Sequence[int], seed: int,
-                num_envs: int) -> list[dict[str, Any]]:  # fmt: skip
-    player = _Player(agent, task, num_envs)
-    try:
-        return player.play(episodes, seed)
-    finally:
-        player.close()
-
-
 class _EvalWorker:
-    """Ray actor body: one agent and its envs, kept across chunks (the policy loads once)."""
+    """Ray actor body: plays chunks of episodes of whichever agent it is handed, keeping that agent's player (its
+    envs and loaded policy) until a chunk of another agent comes (chunks arrive agent by agent)."""
 
-    def __init__(self, agent: AgentSpec, task: Mapping[str, Any], num_envs: int):
-        self.player = _Player(agent, task, num_envs)
+    def __init__(self, task: Mapping[str, Any], num_envs: int):
+        self.task, self.num_envs = task, num_envs
+        self.agent: AgentSpec | None = None
+        self.player: _Player | None = None
 
-    def play(self, episodes: Sequence[int], seed: int) -> list[dict[str, Any]]:
+    def play(self, agent: AgentSpec, episodes: Sequence[int], seed: int) -> list[dict[str, Any]]:
+        if agent != self.agent:
+            self.close()
+            self.agent, self.player = agent, _Player(agent, self.task, self.num_envs)
         return self.player.play(episodes, seed)
 
     def close(self) -> None:
-        self.player.close()
+        if self.player is not None:
+            self.player.close()
+            self.agent = self.player = None
 
 
 def resolve_task(task: Any, max_steps: int | None = None):
@@ -317,14 +316,23 @@ def resolve_task(task: Any, max_steps: int | None = None):
     return spec
 
 
-def evaluate(agent: AgentSpec, task: Any, *, episodes: int, seed: int = EVAL_SEED, workers: int = 2,
-             envs_per_worker: int = 8, max_steps: int | None = None, progress: bool = True,
-             address: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """Play ``episodes`` episodes of ``task`` with ``agent`` on ``workers`` Ray actors (one CPU each, each stepping
-    ``envs_per_worker`` envs in lockstep) and return :func:`summarize` of them (``per_episode`` included).
+def evaluate(agent: AgentSpec, task: Any, **kwargs) -> dict[str, Any]:
+    """:func:`evaluate_agents` of one agent: its summary."""
+    return evaluate_agents([agent], task, **kwargs)[agent.name]
 
-    ``workers=0`` plays in this process (no Ray). Ray: the connected cluster, else ``address``/RAY_ADDRESS, else
-    a new local one (shut down again at the end).
+
+def evaluate_agents(agents: Sequence[AgentSpec], task: Any, *, episodes: int, seed: int = EVAL_SEED,
+                    workers: int = 2, envs_per_worker: int = 8, max_steps: int | None = None, progress: bool = True,
+                    address: str | None = None,
+                    on_result: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Play ``episodes`` episodes of ``task`` with each agent (the same worlds for all) and return agent name ->
+    :func:`summarize` (``per_episode`` included); ``on_result(name, summary)`` sees each agent as soon as its last
+    episode is in.
+
+    One pool of ``workers`` Ray actors (one CPU each) serves every agent: chunks of ``envs_per_worker`` episodes,
+    stepped in lockstep by the actor that takes them, are handed out agent by agent to whichever actor is free.
+    ``workers=0`` plays in this process (no Ray). Ray: the connected cluster, else ``address``/RAY_ADDRESS, else a
+    new local one (shut down again at the end). Every agent and the task are checked before anything plays.
     """
     from tqdm import tqdm
 
@@ -334,23 +342,44 @@ def evaluate(agent: AgentSpec, task: Any, *, episodes: int, seed: int = EVAL_SEE
         raise EvaluationError(f"episodes must be >= 1, got {episodes}")
     if workers < 0 or envs_per_worker < 1:
         raise EvaluationError(f"workers must be >= 0 and envs_per_worker >= 1, got {workers}, {envs_per_worker}")
+    names = [a.name for a in agents]
+    if len(set(names)) != len(names):
+        raise EvaluationError(f"agent names must differ, got {names}")
     spec = resolve_task(task, max_steps)
-    _check_agent_for_task(agent, spec)
+    for agent in agents:
+        _check_agent_for_task(agent, spec)
     task_dict = task_to_dict(spec)
-    order = list(range(episodes))
-    records: list[dict[str, Any]] = []
-    bar = tqdm(total=episodes, desc=f"evaluate {agent.name}", unit="episode", disable=not progress)
+    items = list(spec.rewards.item_names)
+    # Chunks of one batch each, agent by agent: an actor rarely switches agents, and the tail stays short.
+    chunks = [(agent, list(range(lo, min(lo + envs_per_worker, episodes))))
+              for agent in agents for lo in range(0, episodes, envs_per_worker)]  # fmt: skip
+    records: dict[str, list[dict[str, Any]]] = {a.name: [] for a in agents}
+    summaries: dict[str, dict[str, Any]] = {}
+    bar = tqdm(total=episodes * len(agents), desc="evaluate", unit="episode", disable=not progress)
+
+    def done(agent: AgentSpec, chunk_records: list[dict[str, Any]]) -> None:
+        records[agent.name] += chunk_records
+        bar.update(len(chunk_records))
+        bar.set_postfix(agent=agent.name)
+        if len(records[agent.name]) == episodes:
+            eps = sorted(records[agent.name], key=lambda r: r["episode"])
+            summaries[agent.name] = summarize(eps, items, agent=agent, task=spec.name, seed=seed)
+            if on_result is not None:
+                on_result(agent.name, summaries[agent.name])
+
     try:
         if workers == 0:
-            for lo in range(0, episodes, envs_per_worker):
-                records += _play_chunk(agent, task_dict, order[lo:lo + envs_per_worker], seed, envs_per_worker)
-                bar.update(len(order[lo:lo + envs_per_worker]))
+            worker = _EvalWorker(task_dict, envs_per_worker)
+            try:
+                for agent, eps in chunks:
+                    done(agent, worker.play(agent, eps, seed))
+            finally:
+                worker.close()
         else:
-            records = _evaluate_on_ray(agent, task_dict, order, seed, workers, envs_per_worker, address, bar)
+            _evaluate_on_ray(chunks, task_dict, seed, workers, envs_per_worker, address, done)
     finally:
         bar.close()
-    records.sort(key=lambda r: r["episode"])
-    return summarize(records, list(spec.rewards.item_names), agent=agent, task=spec.name, seed=seed)
+    return {a.name: summaries[a.name] for a in agents}
 
 
 def connect_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -370,36 +399,33 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None) -> bool
     return True
 
 
-def _evaluate_on_ray(agent: AgentSpec, task_dict: dict, order: list[int], seed: int, workers: int,
-                     envs_per_worker: int, address: str | None, bar) -> list[dict[str, Any]]:  # fmt: skip
+def _evaluate_on_ray(chunks: list, task_dict: dict, seed: int, workers: int, envs_per_worker: int,
+                     address: str | None, done: Callable) -> None:  # fmt: skip
     import ray
 
     started = connect_ray(address, num_cpus=workers)
     actor_cls = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(_EvalWorker)
-    # Chunks of one batch each, handed to whichever actor is free: the tail of slow episodes stays short.
-    chunks = [order[lo:lo + envs_per_worker] for lo in range(0, len(order), envs_per_worker)]
-    actors = [actor_cls.remote(agent, task_dict, envs_per_worker) for _ in range(min(workers, len(chunks)))]
-    records: list[dict[str, Any]] = []
+    queue = list(chunks)
+    actors = [actor_cls.remote(task_dict, envs_per_worker) for _ in range(min(workers, len(queue)))]
     try:
         pending = {}
         for actor in actors:
-            if chunks:
-                pending[actor.play.remote(chunks.pop(0), seed)] = actor
+            if queue:
+                agent, eps = queue.pop(0)
+                pending[actor.play.remote(agent, eps, seed)] = (actor, agent)
         while pending:
             [ready], _ = ray.wait(list(pending), num_returns=1)
-            actor = pending.pop(ready)
-            done = ray.get(ready)
-            records += done
-            bar.update(len(done))
-            if chunks:
-                pending[actor.play.remote(chunks.pop(0), seed)] = actor
+            actor, agent = pending.pop(ready)
+            done(agent, ray.get(ready))
+            if queue:
+                agent, eps = queue.pop(0)
+                pending[actor.play.remote(agent, eps, seed)] = (actor, agent)
         ray.get([a.close.remote() for a in actors])
     finally:
         for actor in actors:
             ray.kill(actor)
         if started:
             ray.shutdown()
-    return records
 
 
 # --------------------------------------------------------------------------------------------------- summary
@@ -512,7 +538,6 @@ def plot_item_rates(summaries: Mapping[str, Mapping[str, Any]], out_png: str | P
 
 __all__ = [
     "EVAL_SEED", "AgentSpec", "EvaluationError", "binomial_stderr", "check_policy_checkpoint", "connect_ray",
-    "crafter_achievements",
-    "crafter_score", "evaluate", "format_table", "item_rates", "parse_agent", "plot_item_rates", "resolve_task",
-    "summarize", "wilson_interval",
+    "crafter_achievements", "crafter_score", "evaluate", "evaluate_agents", "format_table", "item_rates",
+    "parse_agent", "plot_item_rates", "resolve_task", "summarize", "wilson_interval",
 ]

@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from vpt_ray.config import ConfigError
-    from vpt_ray.evaluation import (EVAL_SEED, EvaluationError, connect_ray, evaluate, format_table, parse_agent,
-                                    plot_item_rates, resolve_task)  # fmt: skip
+    from vpt_ray.evaluation import (EVAL_SEED, EvaluationError, connect_ray, evaluate_agents, format_table,
+                                    parse_agent, plot_item_rates, resolve_task)  # fmt: skip
 
     started = False
     try:
@@ -48,11 +48,9 @@ def run(args: argparse.Namespace) -> int:
         seed = EVAL_SEED if args.seed is None else args.seed
         if args.workers > 0:
             started = connect_ray(args.address, num_cpus=args.workers)
-        summaries = {}
-        for agent in agents:
-            summaries[agent.name] = evaluate(agent, args.task, episodes=args.episodes, seed=seed, workers=args.workers,
-                                             envs_per_worker=args.envs_per_worker, max_steps=args.max_steps,
-                                             progress=args.progress)  # fmt: skip
+        summaries = evaluate_agents(agents, args.task, episodes=args.episodes, seed=seed, workers=args.workers,
+                                    envs_per_worker=args.envs_per_worker, max_steps=args.max_steps,
+                                    progress=args.progress)  # fmt: skip
     except (ConfigError, EvaluationError) as e:
         print(f"vpt-ray evaluate: {e}", file=sys.stderr)
         return 1

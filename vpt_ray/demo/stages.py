@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -283,31 +282,34 @@ def agents_of(resolved: Resolved) -> list[str]:
 
 
 def _evaluate(ctx: StageContext) -> dict[str, Any]:
-    from vpt_ray.evaluation import EVAL_SEED, AgentSpec, evaluate
+    from vpt_ray.evaluation import EVAL_SEED, AgentSpec, evaluate_agents
 
     e = ctx.resolved.config.eval
     seed = EVAL_SEED if e.seed is None else e.seed
     ctx.dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
+    todo = []
     for name in agents_of(ctx.resolved):
         path = ctx.dir / f"{name}.json"
         if path.is_file():  # evaluated before this stage was interrupted (same config: the marker says so)
             results[name] = json.loads(path.read_text())
-            continue
-        if name in ("demonstrator", "random"):
-            agent = AgentSpec(name, name)
+        elif name in ("demonstrator", "random"):
+            todo.append(AgentSpec(name, name))
         else:
-            agent = AgentSpec(name, "policy", ctx.outputs[name]["final"])
-        t0 = time.perf_counter()
-        summary = evaluate(agent, ctx.task_path, episodes=e.episodes, seed=seed, workers=e.workers,
-                           envs_per_worker=e.envs_per_worker, max_steps=e.max_steps, progress=ctx.progress)  # fmt: skip
-        summary["seconds"] = round(time.perf_counter() - t0, 1)
+            todo.append(AgentSpec(name, "policy", ctx.outputs[name]["final"]))
+
+    def save(name: str, summary: dict[str, Any]) -> None:
         summary["title"] = AGENT_TITLES[name]
-        path.write_text(json.dumps(summary, indent=1))
-        results[name] = summary
+        (ctx.dir / f"{name}.json").write_text(json.dumps(summary, indent=1))
         rates = " ".join(f"{i}={v['rate']:.2f}" for i, v in summary["items"].items() if v["rate"] > 0)
-        print(f"  {name}: return {summary['return']['mean']:.2f}, Crafter score "
-              f"{summary['crafter']['score']:.2f}, items {rates or '-'}")  # fmt: skip
+        print(f"  {name}: return {summary['return']['mean']:.2f}, Crafter score {summary['crafter']['score']:.2f}, "
+              f"items {rates or '-'}", flush=True)  # fmt: skip
+
+    if todo:
+        results.update(evaluate_agents(todo, ctx.task_path, episodes=e.episodes, seed=seed, workers=e.workers,
+                                       envs_per_worker=e.envs_per_worker, max_steps=e.max_steps,
+                                       progress=ctx.progress, on_result=save))  # fmt: skip
+    results = {name: results[name] for name in agents_of(ctx.resolved)}
     (ctx.dir / "results.json").write_text(json.dumps(results, indent=1))
     return {"results": str(ctx.dir / "results.json"), "seed": seed, "episodes": e.episodes,
             "agents": list(results)}  # fmt: skip
