@@ -185,6 +185,7 @@ def run_demo(config: DemoConfig, run_dir: str | Path, *, preset: str = "", ledge
             _prepare_stage_dir(run_dir, stage.name, hashes[stage.name])
             ctx = StageContext(resolved, run_dir, run_dir / stage.name, outputs, ledger, run_id, progress)
             t0 = time.perf_counter()
+            load_before = os.getloadavg()[0]  # timings on a shared machine mean little without it
             sigint = signal.getsignal(signal.SIGINT) if _main_thread() else None
             try:
                 outputs[stage.name] = stage.run(ctx)
@@ -200,7 +201,8 @@ def run_demo(config: DemoConfig, run_dir: str | Path, *, preset: str = "", ledge
             _close_stale_worker_bars()
             _write_json(marker_path(run_dir, stage.name), {
                 "stage": stage.name, "hash": hashes[stage.name], "seconds": seconds[stage.name],
-                "finished_at": time.time(), "outputs": outputs[stage.name]})  # fmt: skip
+                "finished_at": time.time(), "load_average": [load_before, os.getloadavg()[0]],
+                "outputs": outputs[stage.name]})  # fmt: skip
             statuses[stage.name] = "succeeded"
             print(f"  {stage.name}: done in {seconds[stage.name]:.0f} s", flush=True)
             if stage.name == stop_after:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -182,11 +183,12 @@ def write_report(ctx: StageContext) -> dict[str, Any]:
     plots_dir.mkdir(parents=True, exist_ok=True)
     results = json.loads(Path(outputs["evaluate"]["results"]).read_text())
     titled = {AGENT_TITLES[name]: s for name, s in results.items()}
-    seconds = {}
+    seconds, loads = {}, {}
     for stage in STAGES:
         marker = read_marker(run_dir, stage.name)
         if marker is not None:
             seconds[stage.name] = float(marker["seconds"])
+            loads[stage.name] = marker.get("load_average")
     problems: list[str] = []
 
     def plot(name: str, fn, *args) -> str | None:
@@ -213,7 +215,7 @@ def write_report(ctx: StageContext) -> dict[str, Any]:
     verdicts = {"idm_beats_bc_at_equal_labeled_data": cmp_idm, "rl_kl_beats_no_kl": cmp_no_kl,
                 "rl_kl_beats_scratch": cmp_scratch}  # fmt: skip
 
-    md = _markdown(ctx, results, titled, counts, verdicts, seconds, plots, problems, format_table)
+    md = _markdown(ctx, results, titled, counts, verdicts, seconds, loads, plots, problems, format_table)
     path = run_dir / "report.md"
     path.write_text(md)
     (plots_dir / "verdicts.json").write_text(json.dumps(verdicts, indent=1))
@@ -225,7 +227,7 @@ def _rel(path: str | None, run_dir: Path) -> str:
     return Path(path).relative_to(run_dir).as_posix() if path else ""
 
 
-def _markdown(ctx, results, titled, counts, verdicts, seconds, plots, problems, format_table) -> str:
+def _markdown(ctx, results, titled, counts, verdicts, seconds, loads, plots, problems, format_table) -> str:
     outputs, run_dir, resolved = ctx.outputs, ctx.run_dir, ctx.resolved
     cfg = resolved.config
     ev = outputs["evaluate"]
@@ -319,9 +321,10 @@ def _markdown(ctx, results, titled, counts, verdicts, seconds, plots, problems, 
         + ", ".join(f"{k} {v:.2f}" for k, v in rec["demonstrator_items"].items()) + ".")  # fmt: skip
     add(f"- Web-like set: {rec['unlabeled']['episodes']} unlabeled videos with overlays, face-cams, intros and menus.")
     add(f"- Clean filter (embedding + RBF SVM, trained on {rec['filter_train']['episodes']} other web videos' "
-        f"ground-truth frames): held-out frame accuracy {_fmt(f['train']['holdout_accuracy'])}; kept "
+        f"ground-truth frames): held-out frame accuracy {_fmt(f['train']['holdout_accuracy'])} over its 3 classes, "
+        f"{_fmt(f['train']['clean_vs_rest_accuracy'])} clean vs the rest; kept "
         f"{f['videos_kept']} of {f['videos_in']} videos ({f['hours_kept'] * 60:.1f} of {f['hours_in'] * 60:.1f} "
-        f"minutes); against the videos' ground truth: sampled-frame accuracy "
+        f"minutes; dropped: {', '.join(f'{k} {v}' for k, v in f['dropped'].items() if v) or 'none'}); against the videos' ground truth: sampled-frame accuracy "
         f"{_fmt(f['against_truth']['sampled_frame_accuracy'])}, clean-frame precision "
         f"{_fmt(f['against_truth']['frame_precision'])}, recall {_fmt(f['against_truth']['frame_recall'])}.")  # fmt: skip
     add(f"- Pseudo-labels: {outputs['label']['frames']} frames of {outputs['label']['videos']} videos "
@@ -346,12 +349,17 @@ def _markdown(ctx, results, titled, counts, verdicts, seconds, plots, problems, 
 
     add(SECTIONS[6])
     add("")
-    add("| stage | what | minutes |")
-    add("|---|---|---|")
+    add(f"On {os.cpu_count()} CPU cores; the machine's 1-minute load average at the start and end of each stage says "
+        "how much of them the demo had (a load above the core count means other work shared them).")  # fmt: skip
+    add("")
+    add("| stage | what | minutes | load average |")
+    add("|---|---|---|---|")
     titles = {s.name: s.title for s in STAGES}
     for name, sec in seconds.items():
-        add(f"| {name} | {titles[name]} | {sec / 60:.1f} |")
-    add(f"| total | (report stage excluded) | {sum(seconds.values()) / 60:.1f} |")
+        load = loads.get(name)
+        load_text = f"{load[0]:.1f} → {load[1]:.1f}" if load else "n/a"
+        add(f"| {name} | {titles[name]} | {sec / 60:.1f} | {load_text} |")
+    add(f"| total | (report stage excluded) | {sum(seconds.values()) / 60:.1f} | |")
     add("")
     if plots.get("stage_times"):
         add(f"![stage times]({_rel(plots['stage_times'], run_dir)})")
