@@ -7,6 +7,7 @@ processes on this machine; all of them are stopped by pid at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -43,9 +44,9 @@ def _pids_mentioning(text: str) -> list[int]:
     return pids
 
 
-def fake_cluster_config(cluster_yaml: Path, gcs_address: str) -> dict:
+def fake_cluster_config(cluster_yaml: Path, gcs_address: str, max_per_type: int = 2) -> dict:
     """vpt.yaml's node types, each shrunk to one CPU (custom resources kept, counts set to 1), on the fake
-    provider; min/max workers as in the file but at most 2 per type so the test stays light."""
+    provider; min/max workers as in the file but at most ``max_per_type`` per type so the test stays light."""
     cfg = yaml.safe_load(cluster_yaml.read_text())
     types = {}
     for name, t in cfg["available_node_types"].items():
@@ -56,7 +57,7 @@ def fake_cluster_config(cluster_yaml: Path, gcs_address: str) -> dict:
             "resources": {"CPU": 1, **custom, "object_store_memory": 80 * 1024**2},
             "node_config": {},
             "min_workers": t.get("min_workers", 0),
-            "max_workers": min(t.get("max_workers", 0), 2),
+            "max_workers": min(t.get("max_workers", 0), max_per_type),
         }
     types["ray.head.default"] = {"resources": {}, "node_config": {}, "max_workers": 0}
     return {
@@ -90,8 +91,10 @@ def fake_cluster_config(cluster_yaml: Path, gcs_address: str) -> dict:
     }
 
 
-@pytest.fixture
-def autoscaling_cluster():
+@contextlib.contextmanager
+def fake_autoscaling_cluster(head_cpus: int = 1, max_per_type: int = 2):
+    """Start the fake autoscaling cluster (own ports, own temp dir), connect this process to it and yield
+    ``(ray, gcs_address)``; on exit every process of the cluster is stopped by pid (and checked gone)."""
     import ray
     import ray._private.services as services
 
@@ -102,7 +105,7 @@ def autoscaling_cluster():
     port = _free_port()
     address = f"{services.get_node_ip_address()}:{port}"
     config_path = Path(tmp) / "autoscaling.json"
-    config_path.write_text(json.dumps(fake_cluster_config(REPO / "cluster" / "vpt.yaml", address)))
+    config_path.write_text(json.dumps(fake_cluster_config(REPO / "cluster" / "vpt.yaml", address, max_per_type)))
     ray_exe = Path(sys.executable).parent / "ray"
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     # Our own ports for every fixed-port service, so other Ray clusters on this machine are left alone;
@@ -110,7 +113,7 @@ def autoscaling_cluster():
     head = subprocess.Popen(
         [str(ray_exe), "start", "--head", "--block", f"--port={port}", f"--temp-dir={tmp}",
          "--include-dashboard=false", f"--ray-client-server-port={_free_port()}",
-         f"--dashboard-agent-listen-port={_free_port()}", "--num-cpus=1", "--object-store-memory=100000000",
+         f"--dashboard-agent-listen-port={_free_port()}", f"--num-cpus={head_cpus}", "--object-store-memory=100000000",
          f"--autoscaling-config={config_path}", "--disable-usage-stats"],
         env=env, stdout=open(Path(tmp) / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -118,13 +121,15 @@ def autoscaling_cluster():
         deadline = time.monotonic() + 90
         while True:
             try:
+                # A connect attempt before the GCS listens costs ray.init 10 s: wait for the port first.
+                socket.create_connection((address.rsplit(":", 1)[0], port), timeout=1).close()
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
                 break
             except Exception:
                 if head.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"head did not start: {(Path(tmp) / 'head.log').read_text()[-3000:]}") from None
                 time.sleep(1)
-        yield ray
+        yield ray, address
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -148,6 +153,12 @@ def autoscaling_cluster():
         leftovers = _pids_mentioning(tmp)
         subprocess.run(["rm", "-rf", tmp], check=False)
         assert not leftovers, f"processes of the test cluster still running: {leftovers}"
+
+
+@pytest.fixture
+def autoscaling_cluster():
+    with fake_autoscaling_cluster() as (ray, _):
+        yield ray
 
 
 def _node_types(ray) -> list[str]:
