@@ -436,16 +436,18 @@ class PPG(Algorithm):
             admit(rows)
         self._leftover = []
         env_runner_metrics = []
+        sampled_by: set[int] = set()  # runners whose rows arrived this iteration (a new one shows it samples)
         last_rows = time.monotonic()
         while sum(len(r[LOSS_WEIGHT]) for r in kept) < needed:
             if self.env_runner_group.num_remote_env_runners() > 0:
                 self._restore_env_runners_while_collecting()
                 results = self.env_runner_group.foreach_env_runner_async_fetch_ready(
-                    func=_sample_rows, tag="rows", timeout_seconds=POLL_S)
+                    func=_sample_rows, tag="rows", timeout_seconds=POLL_S, return_actor_ids=True)
             else:
-                results = [self.env_runner.sample_rows()]
-            for rows, stats, metrics in results:
+                results = [(0, self.env_runner.sample_rows())]
+            for runner_id, (rows, stats, metrics) in results:
                 last_rows = time.monotonic()
+                sampled_by.add(runner_id)
                 env_runner_metrics.append(metrics)
                 episodes.extend(stats["episodes"])
                 counts["env_failures"] += stats["env_failures"]
@@ -464,6 +466,7 @@ class PPG(Algorithm):
         self._leftover = [tree.map_structure(lambda x: x[needed:], rows)] if len(rows[LOSS_WEIGHT]) > needed else []
         rows = tree.map_structure(lambda x: x[:needed], rows)
         stale_all = np.concatenate(staleness)[:needed]
+        counts["runners"] = len(sampled_by)
         return rows, self._sampling_summary(episodes, counts, stale_all)
 
     def _sampling_summary(self, episodes: list[dict], counts: dict[str, int], staleness: np.ndarray) -> dict[str, float]:
@@ -482,6 +485,7 @@ class PPG(Algorithm):
             "env/failures_lifetime": life["env_failures"],
             "env_runners/restored_lifetime": life["restored_env_runners"],
             "env_runners/replaced_lifetime": life["replaced_env_runners"],
+            "env_runners/sampled": counts["runners"],
             "ppg/dropped_stale_rows": counts["dropped"],
             "ppg/dropped_stale_rows_lifetime": life["dropped_stale_rows"],
             "ppg/downweighted_rows": counts["downweighted"],
