@@ -42,7 +42,7 @@ SMALL_ARGS: dict[str, list[str]] = {
     "bench_labeling": ["--videos", "2", "--frames", "160", "--actors", "2"],
     "bench_filter": ["--train-videos", "6", "--test-videos", "3", "--steps", "200"],
     "bench_serving": ["--presets", "crafter-policy-small", "--callers", "1", "4", "--rounds", "3"],
-    "bench_rl": ["--runners", "1", "--iterations", "3", "--sample-s", "10"],
+    "bench_rl": ["--runners", "1", "--iterations", "3", "--rounds", "2", "--sample-s", "8"],
     "bench_idm_bc_evidence": ["--out", "runs/bench/idm_bc_evidence", "--labeled", "4", "--heldout", "2",
                               "--unlabeled", "8", "--episode-steps", "150", "--idm-sizes", "2", "4", "--idm-steps",
                               "30", "--bc-steps", "30", "--eval-episodes", "4"],  # fmt: skip

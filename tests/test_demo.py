@@ -239,7 +239,8 @@ def test_quick_demo_end_to_end(tmp_path):
         assert f"report/{png}" in report
     assert "Plots that could not be drawn" not in report
     verdicts = json.loads((run_dir / "report" / "verdicts.json").read_text())
-    assert set(verdicts) == {"idm_beats_bc_at_equal_labeled_data", "rl_kl_beats_no_kl", "rl_kl_beats_scratch"}
+    assert set(verdicts) == {"idm_beats_bc_at_equal_labeled_data", "rl_kl_beats_no_kl", "rl_kl_beats_scratch",
+                             "bc_pseudo_labels_beat_bc_labeled_only"}
     for v in verdicts.values():
         assert v["verdict"].split(",")[0] in ("holds", "does not hold", "does not hold (a tie)", "not measured (no "
                                               "held-out metrics)")  # fmt: skip
