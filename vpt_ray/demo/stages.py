@@ -131,10 +131,10 @@ def _filter(ctx: StageContext) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------- idm
 
 
-def _to_shards(recordings: str, out: Path, progress: bool) -> dict[str, Any]:
+def _to_shards(recordings: str, out: Path, workers: int, progress: bool) -> dict[str, Any]:
     from vpt_ray.data.shards import recordings_to_shards
 
-    summary = recordings_to_shards(recordings, out, workers=2, progress=progress)
+    summary = recordings_to_shards(recordings, out, workers=workers, progress=progress)
     if summary.bad:
         print(f"shards: {len(summary.bad)} bad recording(s) skipped: {list(summary.bad.items())[:3]}")
     if not summary.written and not summary.existing:
@@ -150,8 +150,9 @@ def _idm(ctx: StageContext) -> dict[str, Any]:
     from vpt_ray.idm import train_idm
 
     record = ctx.outputs["record"]
-    labeled = _to_shards(record["labeled"]["dir"], ctx.dir / "shards" / "labeled", ctx.progress)
-    heldout = _to_shards(record["heldout"]["dir"], ctx.dir / "shards" / "heldout", ctx.progress)
+    workers = ctx.resolved.config.record.workers
+    labeled = _to_shards(record["labeled"]["dir"], ctx.dir / "shards" / "labeled", workers, ctx.progress)
+    heldout = _to_shards(record["heldout"]["dir"], ctx.dir / "shards" / "heldout", workers, ctx.progress)
     metrics, final = train_idm(ctx.resolved.idm_train, [labeled["dir"]], ctx.dir / "run", val_data=[heldout["dir"]])
     return {"final": str(final), "run_dir": str(ctx.dir / "run"), "labeled_shards": labeled["dir"],
             "heldout_shards": heldout["dir"], "labeled_frames": _shard_frames(labeled["dir"]),
@@ -277,8 +278,9 @@ AGENT_TITLES = {
 
 
 def agents_of(resolved: Resolved) -> list[str]:
-    agents = ["demonstrator", "bc", *(["bc_labeled"] if resolved.config.eval.bc_labeled_only else []), *RL_ARMS, "random"]
-    return agents
+    """The agents the evaluation stage plays, in the report's column order."""
+    bc_labeled = ["bc_labeled"] if resolved.config.eval.bc_labeled_only else []
+    return ["demonstrator", "bc", *bc_labeled, *RL_ARMS, "random"]
 
 
 def _evaluate(ctx: StageContext) -> dict[str, Any]:
