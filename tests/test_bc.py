@@ -127,6 +127,23 @@ def test_infinite_streams_refuse_rows_that_never_get_data(designed_shards):
             pass
 
 
+
+def test_null_runs_longer_than_a_chunk_are_refused_before_any_work(designed_shards, tmp_path, capsys):
+    # Runs are measured with one chunk of context on each side: longer ones could not be seen whole.
+    streams = SegmentStreams([designed_shards / "designed.vshard"], 2, 16, shuffle=False)
+    with pytest.raises(ValueError, match=r"min_run 18 may be at most chunk_len \+ 1 \(17\)"):
+        FilteredStreams(streams, 18)
+    FilteredStreams(streams, 17)
+
+    from vpt_ray.cli import main
+
+    preset = tmp_path / "tiny-policy.yaml"
+    preset.write_text(yaml.safe_dump(tiny_policy()))
+    assert main(["train-bc", str(designed_shards), "--out", str(tmp_path / "bc"), "--model", str(preset),
+                 "--chunk-len", "8", "--set", "null_filter.min_run=10"]) == 1  # fmt: skip
+    assert "null_filter.min_run 10 may be at most chunk_len + 1 (9)" in capsys.readouterr().err
+    assert not (tmp_path / "bc").exists()
+
 # --------------------------------------------------------------------------------------------- loss
 
 

@@ -81,6 +81,9 @@ class FilteredStreams:
                  epochs: int | None = None):  # fmt: skip
         if min_run is not None and min_run < 1:
             raise ValueError(f"min_run must be >= 1 or None, got {min_run}")
+        if min_run is not None and min_run - 1 > streams.chunk_len:
+            # Runs are measured with one batch of context on each side.
+            raise ValueError(f"min_run {min_run} may be at most chunk_len + 1 ({streams.chunk_len + 1})")
         self.streams = streams
         self.min_run = min_run
         self.start_epoch = start_epoch

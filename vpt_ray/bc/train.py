@@ -68,6 +68,9 @@ def train_bc(cfg: BCTrainConfig, data: Sequence[str | Path], run_dir: str | Path
     if cfg.init is not None:
         cfg = dataclasses.replace(cfg, init=str(Path(cfg.init).resolve()))
     model_cfg = resolve_model(cfg)
+    chunk_len = cfg.chunk_len or model_cfg.net.timesteps
+    if cfg.null_filter.enabled and cfg.null_filter.min_run - 1 > chunk_len:
+        raise ConfigError(f"null_filter.min_run {cfg.null_filter.min_run} may be at most chunk_len + 1 ({chunk_len + 1})")
     frame_shape = (*model_cfg.net.img_shape[:2], 3)
     data = resolve_data(data, run_dir, frame_shape[:2])
     val = resolve_data(val_data, run_dir, frame_shape[:2], role="val") if val_data else None
