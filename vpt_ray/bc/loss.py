@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vpt_ray.actions import ActionSpace
+from vpt_ray.training.metrics import SummedMetrics
 
 
 def head_masks(action_space: ActionSpace, labels: Mapping[str, torch.Tensor], camera_mask: bool) -> dict[str, torch.Tensor]:
@@ -38,7 +39,7 @@ def bc_loss(action_space: ActionSpace, logprobs: Mapping[str, torch.Tensor], lab
     return sum(parts.values()), parts
 
 
-class BCMetrics:
+class BCMetrics(SummedMetrics):
     """Sums over held-out frames: NLL, per-head accuracy where the head counts, exact-action accuracy, and how
     often the policy's most likely action is the null action (the failure null filtering prevents)."""
 
@@ -73,12 +74,6 @@ class BCMetrics:
         self.sums["pred_null"] += float(np.asarray(space.is_null(pred_env))[v].sum())
         self.sums["label_null"] += float(np.asarray(space.is_null(label_env))[v].sum())
 
-    def vector(self) -> np.ndarray:
-        return np.array([self.sums[k] for k in sorted(self.sums)], np.float64)
-
-    def load_vector(self, values) -> None:
-        for key, value in zip(sorted(self.sums), np.asarray(values, np.float64)):
-            self.sums[key] = float(value)
 
     def compute(self) -> dict[str, float]:
         s = self.sums

@@ -32,7 +32,7 @@ from vpt_ray.idm.data import split_between_workers
 from vpt_ray.models import ModelConfig, VPTPolicy, build_model, load_checkpoint, load_official, load_preset
 from vpt_ray.training.data import DataError, heldout_episodes, open_shards, resolve_data
 from vpt_ray.training.job import WorkerSession, ensure_ray, prepare_run_dir, run_train_job, save_train_state
-from vpt_ray.training.optim import build_optimizer, clip_gradients
+from vpt_ray.training.optim import build_optimizer, optimizer_step
 
 
 def load_init(path: str | Path) -> VPTPolicy:
@@ -206,11 +206,7 @@ def bc_worker_loop(job: dict[str, Any]) -> None:
         # Transformer-XL: each row's next chunk continues this one.
         out, labels, valid, memory = forward_chunk(net, model.action_space, batch, memory, device)
         loss, parts = bc_loss(model.action_space, out.logprobs, labels, valid, cfg.camera_mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = clip_gradients(model, cfg.optim)
-        optimizer.step()
-        scheduler.step()
+        grad_norm = optimizer_step(loss, model, optimizer, scheduler, cfg.optim)
         step += 1
         session.advance(1, f"train-bc loss {loss.item():.3f}")
         if step % cfg.schedule.log_every == 0 or step == total:
@@ -225,11 +221,7 @@ def bc_worker_loop(job: dict[str, Any]) -> None:
         if step % cfg.schedule.checkpoint_every == 0 or step == total:
             metrics = evaluate_bc(model, val_streams, min_run=min_run, camera_mask=cfg.camera_mask,
                                   max_frames=cfg.schedule.eval_frames)  # fmt: skip
-            metrics.load_vector(session.sum_across_workers(torch.from_numpy(metrics.vector())).numpy())
-            results = {f"eval/{k}": v for k, v in metrics.compute().items()}
-            results.update({"step": step, "resumed_from_step": start_step, "epoch": step / steps_per_epoch,
-                            "train/loss": loss.item(),
-                            "data/bad_shards": bad_count()})  # fmt: skip
-            session.scalars({k: v for k, v in results.items() if k.startswith("eval/")}, step)
-            session.report(results, step, save)
+            session.report_eval(metrics, step, {"step": step, "resumed_from_step": start_step,
+                                                "epoch": step / steps_per_epoch, "train/loss": loss.item(),
+                                                "data/bad_shards": bad_count()}, save)  # fmt: skip
     session.close()

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from vpt_ray.actions import ActionSpace
+from vpt_ray.training.metrics import SummedMetrics
 
 CAMERA_AXES = ("pitch", "yaw")
 
@@ -34,7 +35,7 @@ def factor_names(action_space: ActionSpace) -> dict[str, list[str]]:
     return names
 
 
-class IDMMetrics:
+class IDMMetrics(SummedMetrics):
     """Sums over frames; :meth:`update` with predictions and targets, :meth:`compute` for the metrics."""
 
     def __init__(self, action_space: ActionSpace):
@@ -82,13 +83,6 @@ class IDMMetrics:
                 self.sums[f"action/{name}/n"] += float((truth == a).sum())
                 self.sums[f"action/{name}/correct"] += float((hit & (truth == a)).sum())
 
-    def vector(self) -> np.ndarray:
-        """The sums in a fixed order (for a sum across workers)."""
-        return np.array([self.sums[k] for k in sorted(self.sums)], np.float64)
-
-    def load_vector(self, values) -> None:
-        for key, value in zip(sorted(self.sums), np.asarray(values, np.float64)):
-            self.sums[key] = float(value)
 
     def compute(self) -> dict[str, float]:
         s = self.sums

@@ -26,7 +26,7 @@ from vpt_ray.models import InverseDynamicsModel, ModelConfig, build_model, load_
 from vpt_ray.training.augment import ClipAugmenter
 from vpt_ray.training.data import all_episode_ids, heldout_episodes, open_shards, resolve_data
 from vpt_ray.training.job import WorkerSession, ensure_ray, prepare_run_dir, run_train_job, save_train_state
-from vpt_ray.training.optim import build_optimizer, clip_gradients
+from vpt_ray.training.optim import build_optimizer, optimizer_step
 
 
 def resolve_model(cfg: IDMTrainConfig) -> ModelConfig:
@@ -136,11 +136,7 @@ def idm_worker_loop(job: dict[str, Any]) -> None:
         frames = augmenter(torch.from_numpy(batch.frames_bthwc).to(device))
         labels = {k: torch.from_numpy(v).to(device) for k, v in batch.labels.items()}
         loss, parts = idm_loss(net(frames), labels, torch.from_numpy(batch.valid_bt).to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = clip_gradients(model, cfg.optim)
-        optimizer.step()
-        scheduler.step()
+        grad_norm = optimizer_step(loss, model, optimizer, scheduler, cfg.optim)
         step += 1
         session.advance(1, f"train-idm loss {loss.item():.3f}")
         if step % cfg.schedule.log_every == 0 or step == total:
@@ -153,12 +149,7 @@ def idm_worker_loop(job: dict[str, Any]) -> None:
             t_data = 0.0
         if step % cfg.schedule.checkpoint_every == 0 or step == total:
             metrics = evaluate_idm(model, val_mine, max_frames=cfg.schedule.eval_frames, bad=bad)
-            summed = session.sum_across_workers(torch.from_numpy(metrics.vector()))
-            metrics.load_vector(summed.numpy())
-            results = {f"eval/{k}": v for k, v in metrics.compute().items()}
-            results.update({"step": step, "resumed_from_step": start_step, "epoch": step / steps_per_epoch,
-                            "train/loss": loss.item(),
-                            "data/bad_shards": bad.count})  # fmt: skip
-            session.scalars({k: v for k, v in results.items() if k.startswith("eval/")}, step)
-            session.report(results, step, save)
+            session.report_eval(metrics, step, {"step": step, "resumed_from_step": start_step,
+                                                "epoch": step / steps_per_epoch, "train/loss": loss.item(),
+                                                "data/bad_shards": bad.count}, save)  # fmt: skip
     session.close()

@@ -35,6 +35,7 @@ import yaml
 
 from vpt_ray.config import ConfigError
 from vpt_ray.training.config import ScalingSpec
+from vpt_ray.training.metrics import SummedMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +212,15 @@ class WorkerSession:
             save(Path(tmp))
             ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_{step:09d}")  # fmt: skip
+
+    def report_eval(self, metrics: SummedMetrics, step: int, extra: Mapping[str, float],
+                    save: Callable[[Path], None]) -> None:  # fmt: skip
+        """Sum ``metrics`` over all workers, log them as ``eval/*`` scalars and report them with ``extra`` and a
+        checkpoint (every worker must call this together)."""
+        metrics.load_vector(self.sum_across_workers(torch.from_numpy(metrics.vector())).numpy())
+        results = {f"eval/{k}": v for k, v in metrics.compute().items()}
+        self.scalars(results, step)
+        self.report({**results, **extra}, step, save)
 
     # -- logging
     def scalars(self, values: Mapping[str, float], step: int) -> None:

@@ -44,3 +44,13 @@ def clip_gradients(model: nn.Module, cfg: OptimConfig) -> float:
     params = [p for p in model.parameters() if p.grad is not None]
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, scheduler, cfg: OptimConfig) -> float:
+    """Backward, gradient clipping, the optimizer and LR-schedule steps; returns the norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = clip_gradients(model, cfg)
+    optimizer.step()
+    scheduler.step()
+    return grad_norm
