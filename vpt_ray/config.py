@@ -34,6 +34,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def named_yaml(name_or_path: str | Path, directory: Path, what: str) -> Path:
+    """A ``.yaml``/``.yml`` path as given, or a bare name looked up as ``directory/<name>.yaml``; an unknown
+    name is a ConfigError listing the known ones."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    path = directory / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise ConfigError(f"{path}: no such {what} (known: {known})")
+    return path
+
+
 def load_config(cls: type[T], path: str | Path) -> T:
     """Load ``path`` (YAML) into dataclass ``cls``; errors name the file and field."""
     return from_dict(cls, load_yaml(path), where=str(path))

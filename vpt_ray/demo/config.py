@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from vpt_ray.config import ConfigError, from_dict, load_yaml, to_dict
+from vpt_ray.config import ConfigError, from_dict, load_yaml, named_yaml, to_dict
 
 DEMO_DIR = Path(__file__).resolve().parent
 PRESETS_DIR = DEMO_DIR / "presets"
@@ -135,14 +135,7 @@ class DemoConfig:
 
 
 def preset_path(name_or_path: str | Path) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        return path
-    path = PRESETS_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-        raise ConfigError(f"{path}: no such demo preset (known: {known})")
-    return path
+    return named_yaml(name_or_path, PRESETS_DIR, "demo preset")
 
 
 def load_demo_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> DemoConfig:

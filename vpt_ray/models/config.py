@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from vpt_ray.config import ConfigError, from_dict, load_config, to_dict
+from vpt_ray.config import ConfigError, from_dict, load_config, named_yaml, to_dict
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "policies"
 
@@ -151,13 +151,7 @@ class ModelConfig:
 
 def load_preset(name_or_path: str | Path) -> ModelConfig:
     """A preset by name (``policies/<name>.yaml``) or a YAML path; errors name the file and field."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = PRESET_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-            raise ConfigError(f"{path}: no such preset (known: {known})")
-    return load_config(ModelConfig, path)
+    return load_config(ModelConfig, named_yaml(name_or_path, PRESET_DIR, "preset"))
 
 
 def config_from_official(

@@ -14,7 +14,7 @@ from typing import Any, Optional, TypeVar
 
 import yaml
 
-from vpt_ray.config import ConfigError, from_dict, load_yaml
+from vpt_ray.config import ConfigError, from_dict, load_yaml, named_yaml
 
 T = TypeVar("T")
 
@@ -170,14 +170,7 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        return path
-    path = RECIPE_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
-        raise ConfigError(f"{path}: no such training recipe (known: {known})")
-    return path
+    return named_yaml(name_or_path, RECIPE_DIR, "training recipe")
 
 
 def load_recipe(cls: type[T], name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> T:
