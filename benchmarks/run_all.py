@@ -163,9 +163,33 @@ def _idm_bc_evidence(doc: dict) -> list[dict]:
     ]  # fmt: skip
 
 
+
+def _rl(doc: dict) -> list[dict]:
+    s, learner, mem, kl = doc["sampling"], doc["learner"], doc["memory"], doc["kl"]
+    floor = mem["baseline_floor_process_mib"]
+    return [
+        figure("PPG sampled frames/s (env runners, policy inference, rows)", s["frames_per_s"],
+               "upper bound: the same runners' raw env rate x batched inference rate, same run", s["limit_frames_per_s"]),
+        figure("PPG wake-phase frames/s", learner["wake_frames_per_s"],
+               "baseline: bare PyTorch forward+backward of the same model and batch, same run",
+               learner["baseline_bare_torch_frames_per_s"]),
+        figure("PPG sleep-phase frames/s", learner["sleep_frames_per_s"],
+               "baseline: bare PyTorch forward+backward of the same model and batch, same run",
+               learner["baseline_bare_torch_frames_per_s"]),
+        figure("sampled frames/s with Serve KL targets", kl["frames_per_s_with_kl"],
+               "baseline: sampling without KL targets, same run", kl["baseline_frames_per_s_without_kl"]),
+        figure("env runner peak RSS (MiB)", mem["env_runner_peak_rss_mib"],
+               "baseline: a bare process with the same imports and model, same run", floor),
+        figure("learner peak RSS (MiB)", mem["learner_peak_rss_mib"],
+               "baseline: a bare process with the same imports and model, same run", floor),
+        figure("local run peak RSS, all processes, with KL (MiB)", mem["total_peak_rss_mib_with_kl"],
+               "the run's own total (driver, runners, learner, Serve replica)"),
+    ]  # fmt: skip
+
+
 EXTRACTORS: dict[str, Callable[[dict], list[dict]]] = {
     "bench_envs": _envs, "bench_models": _models, "bench_demonstrator": _demonstrator, "bench_labeling": _labeling,
-    "bench_filter": _filter, "bench_serving": _serving, "bench_idm_bc_evidence": _idm_bc_evidence,
+    "bench_filter": _filter, "bench_serving": _serving, "bench_rl": _rl, "bench_idm_bc_evidence": _idm_bc_evidence,
 }  # fmt: skip
 _COMPARISON = re.compile(r"(limit|baseline|pass|check|speedup|_vs_|_over_|agreement|ratio)", re.IGNORECASE)
 

@@ -66,3 +66,13 @@ def test_headline_extractors_know_the_shipped_benches():
     figs = run_all.EXTRACTORS["bench_envs"](doc)
     assert figs[0]["ratio"] == 0.95 and figs[0]["reference_value"] == 400.0
     assert figs[-1]["ok"] is True and figs[-1]["reference_value"] == 0.85
+    # bench_rl's report shape (values from a small run): each headline next to its same-run reference.
+    rl = {"sampling": {"frames_per_s": 207.4, "limit_frames_per_s": 236.5},
+          "learner": {"wake_frames_per_s": 238.8, "sleep_frames_per_s": 214.9, "baseline_bare_torch_frames_per_s": 314.5},
+          "memory": {"env_runner_peak_rss_mib": 573.2, "learner_peak_rss_mib": 853.8, "baseline_floor_process_mib": 459.3,
+                     "total_peak_rss_mib_with_kl": 2583.4},
+          "kl": {"frames_per_s_with_kl": 153.0, "baseline_frames_per_s_without_kl": 207.4}}  # fmt: skip
+    figs = {f["figure"]: f for f in run_all.EXTRACTORS["bench_rl"](rl)}
+    assert figs["PPG sampled frames/s (env runners, policy inference, rows)"]["ratio"] == round(207.4 / 236.5, 4)
+    assert figs["PPG wake-phase frames/s"]["reference_value"] == 314.5
+    assert figs["learner peak RSS (MiB)"]["ratio"] == round(853.8 / 459.3, 4)
