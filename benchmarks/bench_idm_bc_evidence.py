@@ -30,29 +30,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 TASK = "crafter-tech-tree"
 WORKERS = 2  # data-parallel Ray Train workers (DDP over gloo), one CPU each
-# Small VPT-architecture models for 64x64 Crafter frames, sized for CPU minutes (the presets in policies/ are the
-# laptop defaults; these are ~4x cheaper per frame).
-IDM_MODEL = {
-    "kind": "idm", "action_space": "crafter",
-    "net": {"img_shape": [64, 64, 8], "timesteps": 32, "hidsize": 96, "impala_chans": [8, 16, 16],
-            "impala_kwargs": {"post_pool_groups": 1}, "init_norm_kwargs": {"group_norm_groups": 1},
-            "attention_mask_style": "none", "attention_heads": 4, "attention_memory_size": 32,
-            "n_recurrence_layers": 2, "use_pre_lstm_ln": False,
-            "conv3d_params": {"inchan": 3, "outchan": 8, "kernel_size": [5, 1, 1], "padding": [2, 0, 0]}},
-}  # fmt: skip
-POLICY_MODEL = {
-    "kind": "policy", "action_space": "crafter",
-    "net": {"img_shape": [64, 64, 3], "timesteps": 32, "hidsize": 96, "impala_chans": [8, 16, 16],
-            "impala_kwargs": {"post_pool_groups": 1}, "init_norm_kwargs": {"group_norm_groups": 1},
-            "attention_mask_style": "clipped_causal", "attention_heads": 4, "attention_memory_size": 96,
-            "n_recurrence_layers": 2, "use_pre_lstm_ln": False},
-}  # fmt: skip
+# The default demo's models (vpt_ray/demo/models/): the VPT architectures for 64x64 Crafter frames, sized for CPU
+# minutes; the evidence then speaks for the models `make demo` trains.
+IDM_PRESET = "demo-idm-small"
+POLICY_PRESET = "demo-policy-small"
+
+
+def _training_overrides(preset: Path, steps: int) -> dict:
+    """What the IDM and BC runs share on top of their recipes: model, batch, optimiser, schedule, workers."""
+    return {"model": str(preset), "batch_size": 8, "optim": {"lr": 1e-3, "warmup_steps": 10},
+            "schedule": {"max_steps": steps, "checkpoint_every": steps, "log_every": 10},
+            "scaling": {"num_workers": WORKERS, "cpus_per_worker": 1}}  # fmt: skip
 
 
 def record(out: Path, name: str, episodes: int, seed: int, steps: int, labeled: bool) -> Path:
@@ -78,12 +71,8 @@ def train_idm_on(shards: list[Path], val: Path, run_dir: Path, preset: Path, ste
     from vpt_ray.idm import IDMTrainConfig, train_idm
     from vpt_ray.training.config import load_recipe
 
-    cfg = load_recipe(IDMTrainConfig, "idm-crafter-small", {
-        "model": str(preset), "clip_len": 32, "batch_size": 8, "augment": {"enabled": augment},
-        "optim": {"lr": 1e-3, "warmup_steps": 10},
-        "schedule": {"max_steps": steps, "checkpoint_every": steps, "log_every": 10},
-        "scaling": {"num_workers": WORKERS, "cpus_per_worker": 1},
-    })  # fmt: skip
+    cfg = load_recipe(IDMTrainConfig, "idm-crafter-small",
+                      {**_training_overrides(preset, steps), "clip_len": 32, "augment": {"enabled": augment}})
     metrics, final = train_idm(cfg, shards, run_dir, val_data=[val])
     return {"metrics": metrics, "final": str(final)}
 
@@ -92,12 +81,7 @@ def train_bc_on(data: list[Path], val: Path, run_dir: Path, preset: Path, steps:
     from vpt_ray.bc import BCTrainConfig, train_bc
     from vpt_ray.training.config import load_recipe
 
-    cfg = load_recipe(BCTrainConfig, "bc-crafter-small", {
-        "model": str(preset), "chunk_len": 32, "batch_size": 8,
-        "optim": {"lr": 1e-3, "warmup_steps": 10},
-        "schedule": {"max_steps": steps, "checkpoint_every": steps, "log_every": 10},
-        "scaling": {"num_workers": WORKERS, "cpus_per_worker": 1},
-    })  # fmt: skip
+    cfg = load_recipe(BCTrainConfig, "bc-crafter-small", {**_training_overrides(preset, steps), "chunk_len": 32})
     metrics, final = train_bc(cfg, data, run_dir, val_data=[val])
     return {"metrics": metrics, "final": str(final)}
 
@@ -184,7 +168,7 @@ def main() -> None:
     parser.add_argument("--idm-steps", type=int, default=1500)
     parser.add_argument("--bc-steps", type=int, default=300)
     parser.add_argument("--idm-augment", action="store_true",
-                        help="clip augmentation for the IDMs (off by default: at a few hundred CPU steps it slows "
+                        help="clip augmentation for the IDMs (off by default: at a thousand-odd CPU steps it slows "
                              "learning more than it regularises)")  # fmt: skip
     parser.add_argument("--eval-episodes", type=int, default=16)
     args = parser.parse_args()
@@ -193,6 +177,8 @@ def main() -> None:
 
     import ray
     import torch
+
+    from vpt_ray.demo.config import model_preset_path
 
     torch.set_num_threads(1)
     out = Path(args.out).resolve()
@@ -203,9 +189,8 @@ def main() -> None:
     def lap(name: str) -> None:
         timings[name] = round(time.perf_counter() - started - sum(timings.values()), 1)
 
-    idm_preset, policy_preset = out / "idm-model.yaml", out / "policy-model.yaml"
-    idm_preset.write_text(yaml.safe_dump(IDM_MODEL, sort_keys=False))
-    policy_preset.write_text(yaml.safe_dump(POLICY_MODEL, sort_keys=False))
+    idm_preset = model_preset_path(IDM_PRESET, "idm")
+    policy_preset = model_preset_path(POLICY_PRESET, "policy")
 
     steps = args.episode_steps
     labeled_rec = record(out, "labeled", args.labeled, seed=0, steps=steps, labeled=True)
@@ -273,7 +258,7 @@ def main() -> None:
                            "final": bc_idm["final"]},  # fmt: skip
         },
         "env": env,
-        "models": {"idm": IDM_MODEL["net"], "policy": POLICY_MODEL["net"]},
+        "models": {"idm": str(idm_preset), "policy": str(policy_preset)},
         "training": {"workers": WORKERS, "idm_steps": args.idm_steps, "idm_augment": args.idm_augment,
                      "bc_steps": args.bc_steps, "batch": "8 sequences x 32 frames", "lr": 1e-3},
         "seconds": timings,
