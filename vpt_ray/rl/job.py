@@ -76,14 +76,16 @@ def initial_env_runners(task: TaskSpec, kl: bool) -> int:
     for; elastic scaling adds the rest as nodes come."""
     import ray
 
+    from vpt_ray.rl.elastic import free_env_runner_slots
+
     scale = task.rl.scale
     free = dict(ray.available_resources())
     free["CPU"] = free.get("CPU", 0.0) - scale.num_learners * scale.cpus_per_learner
     if kl:
         free["CPU"] -= scale.serve.replicas * scale.serve.cpus_per_replica
-    need = {"CPU": scale.cpus_per_env_runner, **scale.env_runner_resources}
-    fit = min(int(max(free.get(name, 0.0), 0.0) // amount) for name, amount in need.items())
-    return max(1, min(scale.env_runners, fit))
+    # The same count elastic growth uses later, so the first runners and the added ones land alike.
+    demand = {"CPU": scale.cpus_per_env_runner, **scale.env_runner_resources}
+    return max(1, min(scale.env_runners, free_env_runner_slots(demand, free, ray.cluster_resources())))
 
 
 def _prepare_new_run(task: str | Path | TaskSpec, out: Path | None, init: str | Path | None, kl: bool,
