@@ -38,9 +38,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lz4.block
 import msgpack
 import numpy as np
+
+# lz4 is imported where frames are (de)compressed: the model, training and labeling compute paths import this
+# module, and GPU images (the device check's) may lack lz4.
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +220,8 @@ def _decode_array(path: Path, spec: Any, what: str, record: int, dtype: np.dtype
         n_bytes = math.prod(shape) * dt.itemsize
         data = spec["lz4"] if compressed else spec["data"]
         if compressed:
+            import lz4.block  # lazily, as in ShardWriter.write: see the imports above
+
             data = lz4.block.decompress(data, uncompressed_size=n_bytes)
         if len(data) != n_bytes:
             raise ValueError(f"{len(data)} bytes for shape {shape} {dt}")
@@ -405,6 +409,8 @@ class ShardWriter:
             null = np.asarray(null)
             if null.shape != (t,) or null.dtype != np.bool_:
                 raise ValueError(f"{self.path}: null must be bool ({t},), got {null.dtype} {null.shape}")
+        import lz4.block
+
         for lo in range(0, t, self.max_record_frames):
             hi = min(t, lo + self.max_record_frames)
             body = {
