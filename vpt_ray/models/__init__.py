@@ -2,7 +2,9 @@
 
 Public API (see docs of each): ``ModelConfig`` / ``NetConfig`` / ``load_preset`` / ``config_from_official``,
 ``build_model``, ``VPTPolicy`` (+ ``PolicyOutput``), ``InverseDynamicsModel``, ``save_checkpoint`` /
-``load_checkpoint``, ``load_official`` / ``export_official``.
+``load_checkpoint``, ``load_official`` / ``export_official``. Running them: ``models.precision`` (the
+``precision: auto | fp32 | bf16`` option: validation, autocast, what stays fp32), ``models.device`` (pinned,
+non-blocking batch copies; device names for reports).
 """
 
 from vpt_ray.models.checkpoint import WeightsError, build_model, load_checkpoint, save_checkpoint

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from vpt_ray.models.config import NetConfig
-from vpt_ray.models.layers import NormedLayer, fan_in_init_
+from vpt_ray.models.layers import LayerNorm, NormedLayer, fan_in_init_
 
 N_BASIS = 10  # relative-position basis functions per head
 # Fan-in scales of the attention projections in the released code (before the block's own init scale).
@@ -73,7 +73,8 @@ class RelativeSelfAttention(nn.Module):
             logits_bhtT = logits_bhtT + bias_bhtd.gather(-1, index) * in_band_tT
         if allowed_btT is not None:
             logits_bhtT = logits_bhtT.masked_fill(~allowed_btT[:, None], float("-inf"))
-        a_bhtd = torch.matmul(torch.softmax(logits_bhtT, dim=-1), v_bhTd)
+        # The softmax in fp32 under bf16 autocast too (models.precision): CPU autocast would run it in bf16.
+        a_bhtd = torch.matmul(torch.softmax(logits_bhtT.float(), dim=-1), v_bhTd)
         a_bte = a_bhtd.transpose(1, 2).reshape(b, t, e)
         return x_bte + self.proj_layer(a_bte), k_bTe, v_bTe
 
@@ -139,7 +140,7 @@ class ResidualRecurrentBlock(nn.Module):
             self.mlp0 = NormedLayer("linear", hid, hid * cfg.pointwise_ratio, norm="layer")
             self.mlp1 = NormedLayer("linear", hid * cfg.pointwise_ratio, hid, init_scale=s,
                                     activation=cfg.pointwise_use_activation)  # fmt: skip
-        self.pre_r_ln = nn.LayerNorm(hid)
+        self.pre_r_ln = LayerNorm(hid)
         self.r = MaskedAttention(hid, cfg.attention_heads, cfg.maxlen, cfg.attention_mask_style == "clipped_causal", s)
 
     def forward(self, x_bte, ep_bt, mask_bm, k_bme, v_bme):

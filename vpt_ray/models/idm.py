@@ -16,6 +16,7 @@ from vpt_ray.actions import get_action_space
 from vpt_ray.models.config import ModelConfig
 from vpt_ray.models.heads import CategoricalHead
 from vpt_ray.models.net import VPTNet
+from vpt_ray.models.precision import full_precision
 
 
 class InverseDynamicsModel(nn.Module):
@@ -46,7 +47,9 @@ class InverseDynamicsModel(nn.Module):
     def forward(self, frames_bthwc) -> dict[str, torch.Tensor]:
         """uint8 (B, T, H, W, 3) -> head -> log-probs (B, T, factors, classes) (temperature applied)."""
         latent = self.latent(frames_bthwc)
-        return {k: head(latent, self.config.temperature) for k, head in self.pi_head.items()}
+        with full_precision(latent.device):  # the heads in fp32 under bf16 autocast too (models.precision)
+            latent = latent.float()
+            return {k: head(latent, self.config.temperature) for k, head in self.pi_head.items()}
 
     @torch.no_grad()
     def predict(self, frames_bthwc) -> dict[str, torch.Tensor]:

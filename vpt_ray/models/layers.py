@@ -24,6 +24,27 @@ def fan_in_init_(layer: nn.Module, scale: float) -> None:
         layer.bias.zero_()
 
 
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` computed in float32 whatever the input dtype (see :mod:`vpt_ray.models.precision`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float())
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` computed in float32 whatever the input dtype (see :mod:`vpt_ray.models.precision`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float())
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` computed in float32 whatever the input dtype (see :mod:`vpt_ray.models.precision`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float())
+
+
 class NormedLayer(nn.Module):
     """Optional norm of the input -> linear/conv layer -> optional ReLU.
 
@@ -34,11 +55,11 @@ class NormedLayer(nn.Module):
                  init_scale: float = 1.0, activation: bool = True, **layer_kwargs):  # fmt: skip
         super().__init__()
         if norm == "layer":
-            self.norm = nn.LayerNorm(inchan)
+            self.norm = LayerNorm(inchan)
         elif norm == "group":
-            self.norm = nn.GroupNorm(groups, inchan)
+            self.norm = GroupNorm(groups, inchan)
         elif norm == "batch":
-            self.norm = nn.BatchNorm2d(inchan)
+            self.norm = BatchNorm2d(inchan)
         else:
             self.norm = None
         layer_cls = {"linear": nn.Linear, "conv": nn.Conv2d, "conv3d": nn.Conv3d}[layer_type]
@@ -88,7 +109,7 @@ class CnnDownStack(nn.Module):
                  norm: str | None, groups: int, post_pool_groups: int | None):  # fmt: skip
         super().__init__()
         self.firstconv = NormedLayer("conv", inchan, outchan, norm=first_norm, groups=groups, kernel_size=3, padding=1)
-        self.n = nn.GroupNorm(post_pool_groups, outchan) if post_pool_groups is not None else None
+        self.n = GroupNorm(post_pool_groups, outchan) if post_pool_groups is not None else None
         self.blocks = nn.ModuleList(
             CnnBasicBlock(outchan, init_scale / math.sqrt(nblock), norm, groups) for _ in range(nblock)
         )

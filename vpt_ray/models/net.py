@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from vpt_ray.models.attention import ResidualRecurrentBlocks
 from vpt_ray.models.config import NetConfig
-from vpt_ray.models.layers import ImpalaCNN, NormedLayer, dense_norm
+from vpt_ray.models.layers import ImpalaCNN, LayerNorm, NormedLayer, dense_norm
 
 CNN_OUTSIZE = 256  # hard-coded in the released code
 
@@ -36,11 +36,11 @@ class VPTNet(nn.Module):
         self.inverse = inverse
         self.img_process = ImgObsProcess(cfg, cfg.first_conv_norm or (inverse and cfg.conv3d_params is not None))
         # The released IDM builds pre_lstm_ln when asked but never applies it; it is kept for weight parity.
-        self.pre_lstm_ln = nn.LayerNorm(cfg.hidsize) if cfg.use_pre_lstm_ln else None
+        self.pre_lstm_ln = LayerNorm(cfg.hidsize) if cfg.use_pre_lstm_ln else None
         self.recurrent_layer = ResidualRecurrentBlocks(cfg)
         # The released IDM computes lastlayer and discards its output; it is kept (unused) for weight parity.
         self.lastlayer = NormedLayer("linear", cfg.hidsize, cfg.hidsize, norm=dense_norm(cfg))
-        self.final_ln = nn.LayerNorm(cfg.hidsize)
+        self.final_ln = LayerNorm(cfg.hidsize)
         p = cfg.conv3d_params
         self.conv3d_layer = (
             NormedLayer("conv3d", p.inchan, p.outchan, kernel_size=tuple(p.kernel_size), padding=tuple(p.padding))

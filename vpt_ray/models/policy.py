@@ -23,6 +23,7 @@ from vpt_ray.models.config import ModelConfig
 from vpt_ray.models.heads import CategoricalHead, EwmaNormalizer, ValueHead
 from vpt_ray.models.layers import fan_in_init_
 from vpt_ray.models.net import VPTNet
+from vpt_ray.models.precision import full_precision
 
 STATE_KEYS = ("mask", "k", "v")
 AUX_VALUE_HEAD = "aux_value_head"
@@ -114,9 +115,12 @@ class VPTPolicy(nn.Module):
         else:
             self._check_state(state, b)
         latent, state = self.net(frames_bthwc, first_bt, state)
-        logprobs = {k: head(latent, self.config.temperature) for k, head in self.pi_head.items()}
-        vpred = self.value_head(latent)
-        aux_vpred = self.aux_value_head(latent)[..., 0] if self.aux_value_head is not None else None
+        # The heads in fp32 under bf16 autocast too (models.precision): log-probs, KL and value losses use them.
+        with full_precision(device):
+            latent = latent.float()
+            logprobs = {k: head(latent, self.config.temperature) for k, head in self.pi_head.items()}
+            vpred = self.value_head(latent)
+            aux_vpred = self.aux_value_head(latent)[..., 0] if self.aux_value_head is not None else None
         return PolicyOutput(logprobs, vpred, self.value_normalizer.denormalize(vpred), aux_vpred, latent, state)
 
     # ------------------------------------------------------------------------------------------ distributions
