@@ -18,7 +18,7 @@ from vpt_ray.actions import get_action_space
 from vpt_ray.actions.minecraft import CAMERA_META_ON
 from vpt_ray.bc.data import FilteredStreams, null_runs_to_drop
 from vpt_ray.bc.loss import BCMetrics, bc_loss
-from vpt_ray.bc.train import forward_chunk
+from vpt_ray.bc.train import forward_chunk, train_step
 from vpt_ray.config import from_dict
 from vpt_ray.data.shards import SegmentStreams, ShardWriter, episodes_of, read_index
 from vpt_ray.idm.data import read_episode
@@ -232,6 +232,33 @@ def test_bc_loss_falls_on_real_streams(designed_shards):
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bc_train_steps_reduce_the_loss_in_both_precisions(designed_shards, precision):
+    """The training loop's own step (bc.train.train_step: forward under the precision, fp32 loss, AdamW) on one
+    real chunk: the loss falls as in fp32, and the bf16 step's first loss is the fp32 one up to bf16 rounding."""
+    from vpt_ray.bc.config import BCTrainConfig
+    from vpt_ray.training.config import OptimConfig
+    from vpt_ray.training.optim import build_optimizer
+
+    streams = SegmentStreams([designed_shards / "designed.vshard"], 2, 8, shuffle=False)
+    batch = next(iter(FilteredStreams(streams, 3, epochs=1)))
+    cfg = BCTrainConfig(optim=OptimConfig(lr=3e-3, weight_decay=0.0), model="unused", precision=precision)
+    model = build(tiny_policy())
+    with torch.no_grad():
+        out, labels, valid, _ = forward_chunk(model, model.action_space, batch, None, torch.device("cpu"))
+        fp32_first = bc_loss(model.action_space, out.logprobs, labels, valid)[0].item()
+    optimizer, scheduler = build_optimizer(model, cfg.optim, total_steps=1000)
+    losses = []
+    for _ in range(20):
+        loss, parts, grad_norm, memory = train_step(model, model, batch, None, optimizer, scheduler, cfg,
+                                                    torch.device("cpu"), precision)  # fmt: skip
+        assert loss.dtype == torch.float32 and grad_norm.dtype == torch.float32 and memory["k"].dtype == torch.float32
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(fp32_first, rel=2e-2 if precision == "bf16" else 1e-6)
+    assert (losses[0] != fp32_first) == (precision == "bf16")  # bf16 really computed the bf16 step
     assert losses[-1] < 0.5 * losses[0], losses
 
 

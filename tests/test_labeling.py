@@ -197,6 +197,8 @@ def test_job_refuses_bad_checkpoint_and_foreign_output(tmp_path, idm_dir):
     assert prepare_job(idm_dir, tmp_path / "out").job_id == job.job_id  # the same job again: fine
     with pytest.raises(LabelJobError, match="holds the labels of another job"):
         prepare_job(idm_dir, tmp_path / "out", window=12)
+    with pytest.raises(LabelJobError, match=r"--precision: 'fp16' is not one of \['auto', 'fp32', 'bf16'\]"):
+        prepare_job(idm_dir, tmp_path / "out", precision="fp16")
 
 
 # ----------------------------------------------------------------------------------------- Ray job
@@ -210,6 +212,7 @@ def check_shard(shard: Path, video: Path, idm, labeler: str, segments=None) -> i
     index = read_index(shard)
     assert index.action_space == "crafter" and index.frame_shape == (*IDM_SIZE, 3)
     assert index.meta["labeler"] == labeler
+    assert index.meta["precision"] == "fp32"  # the job's auto on a CPU actor
     by_episode: dict[str, list] = {}
     for seg in iter_segments(shard):
         assert seg.labeler == labeler and seg.source == str(video)
@@ -241,6 +244,7 @@ def test_label_job_end_to_end_with_redis_ledger(ray_local, tmp_path, idm_dir, re
     assert set(summary["skipped_videos"]) == {"garbage.mp4", "truncated.mp4"}
     assert all("garbage.mp4" in e or "truncated.mp4" in e for e in summary["skipped_videos"].values())
     assert summary["frames"] == sum(lengths.values()) and summary["frames_per_s"] > 0
+    assert summary["devices"] == ["cpu fp32"]  # where the actors labeled, and in which precision
     assert json.loads((out / "label_summary.json").read_text()) == summary
     assert not (out / "ledger.sqlite").exists()  # the Redis ledger holds the progress
     with open_ledger(redis_server.url) as ledger:

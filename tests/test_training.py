@@ -13,7 +13,8 @@ from vpt_ray.config import ConfigError
 from vpt_ray.training.augment import AugmentParams, ClipAugmenter, apply_augment, sample_params
 from vpt_ray.training.config import AugmentConfig, OptimConfig, known_recipes, load_recipe, parse_overrides
 from vpt_ray.training.data import heldout_episodes
-from vpt_ray.training.job import prepare_run_dir
+from vpt_ray.training.job import ddp_backend, prepare_run_dir
+from vpt_ray.training.metrics import StepMeans
 from vpt_ray.training.optim import build_optimizer, lr_factor, param_groups
 
 
@@ -165,6 +166,36 @@ def test_overrides_are_parsed_as_yaml_and_validated_with_the_recipe():
         load_recipe(IDMTrainConfig, "idm-nonexistent")
 
 
+def test_precision_and_compile_are_recipe_fields_validated_on_load():
+    from vpt_ray.bc.config import BCTrainConfig
+    from vpt_ray.cli import build_parser
+    from vpt_ray.idm.config import IDMTrainConfig
+    from vpt_ray.training.cli import overrides_from_args
+
+    for cls, name in ((IDMTrainConfig, "idm-4x"), (BCTrainConfig, "bc-crafter-small")):
+        cfg = load_recipe(cls, name)
+        assert (cfg.precision, cfg.compile) == ("auto", False)  # bf16 on GPUs, fp32 on CPUs; compile off
+        assert load_recipe(cls, name, parse_overrides(["precision=bf16"])).precision == "bf16"
+        with pytest.raises(ConfigError, match=r"field 'precision': 'fp16' is not one of \['auto', 'fp32', 'bf16'\]"):
+            load_recipe(cls, name, parse_overrides(["precision=fp16"]))
+    args = build_parser().parse_args(["train-bc", "data", "--out", "run", "--precision", "fp32", "--compile"])
+    assert overrides_from_args(args) == {"precision": "fp32", "compile": True}
+
+
+def test_step_means_read_the_device_once_per_interval():
+    means = StepMeans()
+    assert means.pop() == {}
+    for loss in (1.0, 2.0, 6.0):
+        means.add({"loss": torch.tensor(loss), "grad_norm": torch.tensor(2 * loss, dtype=torch.float64)})
+    assert means.pop() == {"loss": 3.0, "grad_norm": 6.0}
+    means.add({"loss": torch.tensor(5.0)})
+    assert means.pop() == {"loss": 5.0}  # a fresh interval after each pop
+
+
+def test_ddp_uses_nccl_between_gpus_and_gloo_between_cpus():
+    assert ddp_backend(use_gpu=True) == "nccl" and ddp_backend(use_gpu=False) == "gloo"
+
+
 def test_bc_needs_exactly_one_of_model_and_init():
     from vpt_ray.bc.config import BCTrainConfig
 
@@ -193,3 +224,5 @@ def test_run_dir_refuses_a_different_config_but_resumes_a_longer_schedule(tmp_pa
     assert prepare_run_dir(tmp_path, {**cfg, "schedule": {"max_steps": 9}, "scaling": {"num_workers": 2}}) is True
     with pytest.raises(ConfigError, match=r"different config \(fields \['optim'\]\)"):
         prepare_run_dir(tmp_path, {**cfg, "optim": {"lr": 2.0}})
+    # How it computes may change on resume (e.g. on another machine): precision and compile.
+    assert prepare_run_dir(tmp_path, {**cfg, "precision": "bf16", "compile": True}) is True

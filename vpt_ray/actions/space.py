@@ -15,6 +15,7 @@ The interface speaks of a batch of N, but every array method accepts any leading
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -23,6 +24,15 @@ import numpy as np
 from vpt_ray.actions import crafter as _crafter
 from vpt_ray.actions import minecraft as _mc
 from vpt_ray.actions.camera import VPT_CAMERA
+
+
+@functools.cache
+def _camera_meta_on(device: Any) -> Any:
+    """``CAMERA_META_ON`` as a tensor on ``device``, copied once: a copy from pageable host memory to a GPU waits
+    for the GPU's queue, and losses ask for this table at every step."""
+    import torch
+
+    return torch.from_numpy(_mc.CAMERA_META_ON.copy()).to(device)
 
 
 def _is_torch(x: Any) -> bool:
@@ -147,8 +157,7 @@ class MinecraftActionSpace(ActionSpace):
         if _is_torch(button_idx):
             import torch
 
-            meta_on = torch.from_numpy(_mc.CAMERA_META_ON.copy()).to(button_idx.device)
-            camera = meta_on[button_idx].to(torch.float32)
+            camera = _camera_meta_on(button_idx.device)[button_idx].to(torch.float32)
             return {"buttons": torch.ones_like(camera), "camera": camera}
         button_idx, _ = _mc.check_joint(button_idx, policy_idx["camera"])
         camera = _mc.CAMERA_META_ON[button_idx].astype(np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from vpt_ray.models.precision import Precision
 from vpt_ray.training.config import OptimConfig, ScalingSpec, ScheduleSpec
 
 
@@ -31,7 +32,9 @@ class BCTrainConfig:
     ``camera_mask``: mask the camera head's loss where the camera meta button is off (the paper does; the
     released BC code did not). ``split_frames``: play episodes longer than this as several streams (each starts
     with an empty memory) to balance rows when there are few long videos; null: only when there are fewer than
-    two episodes per stream (then about two pieces per stream)."""
+    two episodes per stream (then about two pieces per stream). ``precision``: ``vpt_ray.models.precision``
+    (auto: bf16 autocast on GPUs, fp32 on CPUs); ``compile``: ``torch.compile`` the policy for training (off
+    unless measured to help: ``benchmarks/bench_gpu.py``)."""
 
     optim: OptimConfig
     model: Optional[str] = None
@@ -45,6 +48,8 @@ class BCTrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     scaling: ScalingSpec = ScalingSpec()
+    precision: Precision = "auto"
+    compile: bool = False
 
     def __post_init__(self):
         if (self.model is None) == (self.init is None):

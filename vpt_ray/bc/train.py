@@ -30,8 +30,11 @@ from vpt_ray.config import ConfigError, from_dict, to_dict
 from vpt_ray.data.shards import Episode, SegmentStreams, ShardIndex, StreamBatch, episodes_of
 from vpt_ray.idm.data import split_between_workers
 from vpt_ray.models import ModelConfig, VPTPolicy, build_model, load_checkpoint, load_official, load_preset
+from vpt_ray.models.device import to_device
+from vpt_ray.models.precision import autocast, resolve_precision
 from vpt_ray.training.data import DataError, heldout_episodes, open_shards, resolve_data
 from vpt_ray.training.job import WorkerSession, ensure_ray, prepare_run_dir, run_train_job, save_train_state
+from vpt_ray.training.metrics import StepMeans
 from vpt_ray.training.optim import build_optimizer, optimizer_step
 
 
@@ -107,18 +110,32 @@ def forward_chunk(net: torch.nn.Module, action_space, batch: StreamBatch, memory
     (None: empty). Returns (output, labels head -> int64 (B, T), valid (B, T), memory for the next chunk); the
     memory is detached (Transformer-XL: a stop-gradient context), ``first_bt`` resets it inside the call.
     """
-    frames = torch.from_numpy(batch.frames_bthwc).to(device)
-    first = torch.from_numpy(batch.first_bt).to(device)
+    frames = to_device(batch.frames_bthwc, device)
+    first = to_device(batch.first_bt, device)
     out = net(frames, first, memory)
-    labels = {k: torch.from_numpy(v).to(device) for k, v in action_space.to_policy(batch.actions).items()}
-    valid = torch.from_numpy(batch.valid_bt).to(device)
+    labels = {k: to_device(v, device) for k, v in action_space.to_policy(batch.actions).items()}
+    valid = to_device(batch.valid_bt, device)
     return out, labels, valid, {k: v.detach() for k, v in out.state.items()}
+
+
+def train_step(net: torch.nn.Module, model: VPTPolicy, batch: StreamBatch, memory: dict[str, torch.Tensor] | None,
+               optimizer, scheduler, cfg: BCTrainConfig, device: torch.device, precision: str):  # fmt: skip
+    """One optimizer step on one chunk of B streams: the forward under ``precision`` continuing each row's
+    memory, the masked NLL (fp32), backward, clip, AdamW. Returns (loss, head -> share of it, grad norm, memory
+    for the next chunk) as device tensors: nothing here waits for the GPU. ``net`` is what computes (the
+    policy, or its DDP/compiled wrapper)."""
+    with autocast(precision, device):
+        out, labels, valid, memory = forward_chunk(net, model.action_space, batch, memory, device)
+    loss, parts = bc_loss(model.action_space, out.logprobs, labels, valid, cfg.camera_mask)
+    grad_norm = optimizer_step(loss, model, optimizer, scheduler, cfg.optim)
+    return loss.detach(), {k: v.detach() for k, v in parts.items()}, grad_norm, memory
 
 
 @torch.no_grad()
 def evaluate_bc(model: VPTPolicy, streams: SegmentStreams, *, min_run: int | None, camera_mask: bool,
-                max_frames: int | None = None) -> BCMetrics:  # fmt: skip
-    """Held-out metrics over one pass of ``streams`` (memory carried, nulls filtered as in training)."""
+                max_frames: int | None = None, precision: str = "fp32") -> BCMetrics:  # fmt: skip
+    """Held-out metrics over one pass of ``streams`` (memory carried, nulls filtered as in training; the
+    forward under ``precision``)."""
     metrics = BCMetrics(model.action_space, camera_mask)
     if not streams.episodes:
         return metrics
@@ -128,7 +145,8 @@ def evaluate_bc(model: VPTPolicy, streams: SegmentStreams, *, min_run: int | Non
     for batch in FilteredStreams(streams, min_run, epochs=1):
         if max_frames is not None and metrics.sums["frames"] >= max_frames:
             break
-        out, labels, valid, memory = forward_chunk(model, model.action_space, batch, memory, model.device)
+        with autocast(precision, model.device):
+            out, labels, valid, memory = forward_chunk(model, model.action_space, batch, memory, model.device)
         metrics.update(out.logprobs, labels, valid)
     model.train(was_training)
     return metrics
@@ -140,6 +158,8 @@ def bc_worker_loop(job: dict[str, Any]) -> None:
     model_cfg = from_dict(ModelConfig, job["model_config"])
     session = WorkerSession(job["run_dir"], cfg.scaling.cpus_per_worker)
     rank, world = session.rank, session.world_size
+    device = session.device
+    precision = resolve_precision(cfg.precision, device)
     chunk_len = cfg.chunk_len or model_cfg.net.timesteps
     local_batch = cfg.batch_size // world
     min_run = cfg.null_filter.min_run if cfg.null_filter.enabled else None
@@ -166,7 +186,7 @@ def bc_worker_loop(job: dict[str, Any]) -> None:
     total = cfg.schedule.total_steps(steps_per_epoch)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every worker
-    model = load_init(cfg.init) if cfg.init is not None else build_model(model_cfg)
+    model = session.place(load_init(cfg.init) if cfg.init is not None else build_model(model_cfg))
     model.train()
     # Behavioral cloning has no value targets: the value heads stay as they are (and out of DDP's reduction).
     for head in (model.value_head, model.aux_value_head):
@@ -181,8 +201,7 @@ def bc_worker_loop(job: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         step, epoch = int(state["step"]), int(state["data_epoch"]) + 1
     start_step = step
-    net = session.wrap_model(model)
-    device = session.device
+    net = session.wrap_model(model, compile=cfg.compile)
     streams = FilteredStreams(train_streams, min_run, start_epoch=epoch)
 
     def save(directory: Path) -> None:
@@ -198,30 +217,34 @@ def bc_worker_loop(job: dict[str, Any]) -> None:
     batches = iter(streams)
     memory = model.initial_state(local_batch, device=device)
     frames_per_step = cfg.batch_size * chunk_len
-    t_data = 0.0
+    means = StepMeans()  # per-step scalars stay on the device until a report reads them
+    t_data, last = 0.0, {}
     while step < total:
         t0 = time.monotonic()
         batch = next(batches)
         t_data += time.monotonic() - t0
         # Transformer-XL: each row's next chunk continues this one.
-        out, labels, valid, memory = forward_chunk(net, model.action_space, batch, memory, device)
-        loss, parts = bc_loss(model.action_space, out.logprobs, labels, valid, cfg.camera_mask)
-        grad_norm = optimizer_step(loss, model, optimizer, scheduler, cfg.optim)
+        loss, parts, grad_norm, memory = train_step(net, model, batch, memory, optimizer, scheduler, cfg, device,
+                                                    precision)  # fmt: skip
+        means.add({"loss": loss, "grad_norm": grad_norm, **{f"nll_{k}": v for k, v in parts.items()}})
         step += 1
-        session.advance(1, f"train-bc loss {loss.item():.3f}")
+        session.advance(1)
         if step % cfg.schedule.log_every == 0 or step == total:
+            last = means.pop()
+            session.advance(0, f"train-bc loss {last['loss']:.3f}")
             session.scalars({
-                "train/loss": loss.item(), **{f"train/nll_{k}": v.item() for k, v in parts.items()},
-                "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
-                "train/epoch": step / steps_per_epoch, "train/frames_per_s": session.rate(step, frames_per_step),
+                **{f"train/{k}": v for k, v in last.items()},
+                "train/lr": scheduler.get_last_lr()[0], "train/epoch": step / steps_per_epoch,
+                "train/frames_per_s": session.rate(step, frames_per_step),
                 "train/null_dropped_fraction": streams.dropped / max(1, streams.seen),
                 "train/data_wait_s": t_data, "data/bad_shards": bad_count(),
             }, step)  # fmt: skip
             t_data = 0.0
         if step % cfg.schedule.checkpoint_every == 0 or step == total:
             metrics = evaluate_bc(model, val_streams, min_run=min_run, camera_mask=cfg.camera_mask,
-                                  max_frames=cfg.schedule.eval_frames)  # fmt: skip
+                                  max_frames=cfg.schedule.eval_frames, precision=precision)  # fmt: skip
             session.report_eval(metrics, step, {"step": step, "resumed_from_step": start_step,
-                                                "epoch": step / steps_per_epoch, "train/loss": loss.item(),
-                                                "data/bad_shards": bad_count()}, save)  # fmt: skip
+                                                "epoch": step / steps_per_epoch, "train/loss": last.get("loss"),
+                                                "data/bad_shards": bad_count(), **session.describe(precision)},
+                                save)  # fmt: skip
     session.close()

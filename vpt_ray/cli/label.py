@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (and torch threads) per actor")
     parser.add_argument("--num-gpus-per-actor", type=float,
                         help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")  # fmt: skip
+    parser.add_argument("--precision", default="auto", metavar="auto|fp32|bf16",
+                        help="the IDM's arithmetic: bf16 autocast or fp32 (default auto: bf16 on GPUs, fp32 on CPUs)")  # fmt: skip
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a running local cluster, else a new one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         job = prepare_job(args.idm, args.out, window=args.window, stride=args.stride,
                           keep=tuple(args.keep) if args.keep else None, ledger=args.ledger, job_id=args.job_id,
-                          batch_windows=args.batch_windows, threads=max(1, int(args.cpus_per_actor)))  # fmt: skip
+                          batch_windows=args.batch_windows, threads=max(1, int(args.cpus_per_actor)),
+                          precision=args.precision)  # fmt: skip
     except LabelJobError as e:
         print(f"vpt-ray label: {e}", file=sys.stderr)
         return 2
@@ -77,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"labeled {summary['labeled']} video(s), {summary['frames']} frames in {summary['seconds']:.1f} s "
               f"({summary['frames_per_s']:.1f} frames/s); already done {summary['already_done']}, skipped "
-              f"{summary['skipped']}; {summary['done_total']}/{summary['videos']} done -> {summary['out']}")  # fmt: skip
+              f"{summary['skipped']}; {summary['done_total']}/{summary['videos']} done -> {summary['out']}"
+              + (f" on {', '.join(summary['devices'])}" if summary["devices"] else ""))  # fmt: skip
         for key, error in summary["skipped_videos"].items():
             print(f"  skipped {key}: {error}")
     return 0

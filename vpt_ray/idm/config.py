@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from vpt_ray.models.precision import Precision
 from vpt_ray.training.config import AugmentConfig, OptimConfig, ScalingSpec, ScheduleSpec
 
 
@@ -13,7 +14,9 @@ class IDMTrainConfig:
     """``model``: a model preset name (``policies/<name>.yaml``) or YAML path of kind ``idm``.
     ``batch_size``: clips per optimizer step over all workers; ``clip_len``: frames per clip (null: the model's
     ``timesteps``). ``val_fraction`` of the episodes (by id, at least one) is held out for the metrics unless a
-    separate held-out set is given to the job."""
+    separate held-out set is given to the job. ``precision``: ``vpt_ray.models.precision`` (auto: bf16 autocast
+    on GPUs, fp32 on CPUs); ``compile``: ``torch.compile`` the model for training (off unless measured to help:
+    ``benchmarks/bench_gpu.py``)."""
 
     model: str
     optim: OptimConfig
@@ -24,6 +27,8 @@ class IDMTrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     scaling: ScalingSpec = ScalingSpec()
+    precision: Precision = "auto"
+    compile: bool = False
 
     def __post_init__(self):
         if self.batch_size < 1:

@@ -18,14 +18,17 @@ import torch
 from vpt_ray.config import ConfigError, from_dict, to_dict
 from vpt_ray.data.shards import BadShards, Episode, ShardError, episodes_of
 from vpt_ray.idm.config import IDMTrainConfig
-from vpt_ray.idm.data import IDMClips, read_episode, split_between_workers
+from vpt_ray.idm.data import ClipBatch, IDMClips, read_episode, split_between_workers
 from vpt_ray.idm.loss import idm_loss
 from vpt_ray.idm.metrics import IDMMetrics
 from vpt_ray.labeling.windows import WindowSpec, label_clip
 from vpt_ray.models import InverseDynamicsModel, ModelConfig, build_model, load_preset
+from vpt_ray.models.device import to_device
+from vpt_ray.models.precision import autocast, resolve_precision
 from vpt_ray.training.augment import ClipAugmenter
 from vpt_ray.training.data import all_episode_ids, heldout_episodes, open_shards, resolve_data
 from vpt_ray.training.job import WorkerSession, ensure_ray, prepare_run_dir, run_train_job, save_train_state
+from vpt_ray.training.metrics import StepMeans
 from vpt_ray.training.optim import build_optimizer, optimizer_step
 
 
@@ -58,10 +61,10 @@ def train_idm(cfg: IDMTrainConfig, data: Sequence[str | Path], run_dir: str | Pa
 
 @torch.no_grad()
 def evaluate_idm(model: InverseDynamicsModel, episodes: Sequence[Episode], *, max_frames: int | None = None,
-                 bad: BadShards | None = None) -> IDMMetrics:  # fmt: skip
+                 bad: BadShards | None = None, precision: str = "fp32") -> IDMMetrics:  # fmt: skip
     """Held-out metrics over whole episodes, labeled exactly as ``vpt-ray label`` labels videos (sliding windows
-    of the IDM's clip length, the centre half kept); stops after the episode that reaches ``max_frames``.
-    Unreadable episodes are skipped (and counted in ``bad``)."""
+    of the IDM's clip length, the centre half kept, under ``precision``); stops after the episode that reaches
+    ``max_frames``. Unreadable episodes are skipped (and counted in ``bad``)."""
     metrics = IDMMetrics(model.action_space)
     windows = WindowSpec.centred(model.context_len)
     was_training = model.training
@@ -75,9 +78,24 @@ def evaluate_idm(model: InverseDynamicsModel, episodes: Sequence[Episode], *, ma
             if bad is not None:
                 bad.add(e)
             continue
-        metrics.update(label_clip(model, frames, windows), actions)
+        metrics.update(label_clip(model, frames, windows, precision=precision), actions)
     model.train(was_training)
     return metrics
+
+
+def train_step(net: torch.nn.Module, model: InverseDynamicsModel, batch: ClipBatch, augmenter: ClipAugmenter,
+               optimizer, scheduler, cfg: IDMTrainConfig, device: torch.device,
+               precision: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
+    """One optimizer step on a batch of clips: copy to the device, augment, forward under ``precision``, the sum
+    of per-head NLL (fp32), backward, clip, AdamW. Returns (loss, head -> NLL, grad norm) as device tensors:
+    nothing here waits for the GPU. ``net`` is what computes (the model, or its DDP/compiled wrapper)."""
+    frames = augmenter(to_device(batch.frames_bthwc, device))
+    labels = {k: to_device(v, device) for k, v in batch.labels.items()}
+    with autocast(precision, device):
+        logprobs = net(frames)
+    loss, parts = idm_loss(logprobs, labels, to_device(batch.valid_bt, device))
+    grad_norm = optimizer_step(loss, model, optimizer, scheduler, cfg.optim)
+    return loss.detach(), {k: v.detach() for k, v in parts.items()}, grad_norm
 
 
 def idm_worker_loop(job: dict[str, Any]) -> None:
@@ -86,6 +104,8 @@ def idm_worker_loop(job: dict[str, Any]) -> None:
     model_cfg = from_dict(ModelConfig, job["model_config"])
     session = WorkerSession(job["run_dir"], cfg.scaling.cpus_per_worker)
     rank, world = session.rank, session.world_size
+    device = session.device
+    precision = resolve_precision(cfg.precision, device)
     clip_len = cfg.clip_len or model_cfg.net.timesteps
 
     indexes, bad = open_shards(job["data"], action_space=model_cfg.action_space)
@@ -103,7 +123,7 @@ def idm_worker_loop(job: dict[str, Any]) -> None:
     total = cfg.schedule.total_steps(steps_per_epoch)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every worker
-    model = build_model(model_cfg)
+    model = session.place(build_model(model_cfg))
     optimizer, scheduler = build_optimizer(model, cfg.optim, total)
     step, epoch = 0, 0
     state = session.restore()
@@ -115,9 +135,8 @@ def idm_worker_loop(job: dict[str, Any]) -> None:
     start_step = step
     # Distinct transforms per worker, and fresh ones after a resume (seeded by the step it resumes at).
     augmenter = ClipAugmenter(cfg.augment, seed=int(np.random.SeedSequence([cfg.seed, rank, step]).generate_state(1)[0]))
-    net = session.wrap_model(model)
+    net = session.wrap_model(model, compile=cfg.compile)
     model.train()
-    device = session.device
 
     def save(directory: Path) -> None:
         save_train_state(directory, model, {
@@ -128,28 +147,29 @@ def idm_worker_loop(job: dict[str, Any]) -> None:
     session.progress(total, step, "train-idm")
     batches = clips.batches(start_epoch=epoch)
     frames_per_step = cfg.batch_size * clip_len
-    t_data = 0.0
+    means = StepMeans()  # per-step scalars stay on the device until a report reads them
+    t_data, last = 0.0, {}
     while step < total:
         t0 = time.monotonic()
         batch = next(batches)
         t_data += time.monotonic() - t0
-        frames = augmenter(torch.from_numpy(batch.frames_bthwc).to(device))
-        labels = {k: torch.from_numpy(v).to(device) for k, v in batch.labels.items()}
-        loss, parts = idm_loss(net(frames), labels, torch.from_numpy(batch.valid_bt).to(device))
-        grad_norm = optimizer_step(loss, model, optimizer, scheduler, cfg.optim)
+        loss, parts, grad_norm = train_step(net, model, batch, augmenter, optimizer, scheduler, cfg, device, precision)
+        means.add({"loss": loss, "grad_norm": grad_norm, **{f"nll_{k}": v for k, v in parts.items()}})
         step += 1
-        session.advance(1, f"train-idm loss {loss.item():.3f}")
+        session.advance(1)
         if step % cfg.schedule.log_every == 0 or step == total:
+            last = means.pop()
+            session.advance(0, f"train-idm loss {last['loss']:.3f}")
             session.scalars({
-                "train/loss": loss.item(), **{f"train/nll_{k}": v.item() for k, v in parts.items()},
-                "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
-                "train/epoch": step / steps_per_epoch, "train/frames_per_s": session.rate(step, frames_per_step),
-                "train/data_wait_s": t_data, "data/bad_shards": bad.count,
+                **{f"train/{k}": v for k, v in last.items()},
+                "train/lr": scheduler.get_last_lr()[0], "train/epoch": step / steps_per_epoch,
+                "train/frames_per_s": session.rate(step, frames_per_step), "train/data_wait_s": t_data,
+                "data/bad_shards": bad.count,
             }, step)  # fmt: skip
             t_data = 0.0
         if step % cfg.schedule.checkpoint_every == 0 or step == total:
-            metrics = evaluate_idm(model, val_mine, max_frames=cfg.schedule.eval_frames, bad=bad)
+            metrics = evaluate_idm(model, val_mine, max_frames=cfg.schedule.eval_frames, bad=bad, precision=precision)
             session.report_eval(metrics, step, {"step": step, "resumed_from_step": start_step,
-                                                "epoch": step / steps_per_epoch, "train/loss": loss.item(),
-                                                "data/bad_shards": bad.count}, save)  # fmt: skip
+                                                "epoch": step / steps_per_epoch, "train/loss": last.get("loss"),
+                                                "data/bad_shards": bad.count, **session.describe(precision)}, save)  # fmt: skip
     session.close()

@@ -68,6 +68,7 @@ class LabelJob:
     max_record_frames: int = 256
     threads: int = 1
     use_gpu: bool = False
+    precision: str = "auto"  # vpt_ray.models.precision, resolved on each actor's device
 
     def identity(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "idm": self.idm, "labeler": self.labeler,
@@ -77,8 +78,9 @@ class LabelJob:
 def prepare_job(idm: str | os.PathLike, out: str | os.PathLike, *, window: int | None = None,
                 stride: int | None = None, keep: tuple[int, int] | None = None, ledger: str | None = None,
                 job_id: str | None = None, batch_windows: int = 8, max_record_frames: int = 256,
-                threads: int = 1, use_gpu: bool = False) -> LabelJob:  # fmt: skip
-    """Validate the IDM checkpoint and window settings and claim ``out`` for this job (before any work).
+                threads: int = 1, use_gpu: bool = False, precision: str = "auto") -> LabelJob:  # fmt: skip
+    """Validate the IDM checkpoint, window settings and precision and claim ``out`` for this job (before any
+    work).
 
     Window defaults: the IDM's clip length (``net.timesteps``: 128 for the released IDM), stride half of it,
     the centre kept. A directory that already holds another labeler's or window setting's labels is refused.
@@ -86,6 +88,7 @@ def prepare_job(idm: str | os.PathLike, out: str | os.PathLike, *, window: int |
     from vpt_ray.config import ConfigError, load_config
     from vpt_ray.models.checkpoint import MODEL_FILE
     from vpt_ray.models.config import ModelConfig
+    from vpt_ray.models.precision import PrecisionError, check_precision
 
     idm, out = Path(idm).resolve(), Path(out).resolve()
     try:
@@ -104,12 +107,16 @@ def prepare_job(idm: str | os.PathLike, out: str | os.PathLike, *, window: int |
         raise LabelJobError(f"window settings: {e}") from None
     if batch_windows <= 0:
         raise LabelJobError(f"batch_windows must be positive, got {batch_windows}")
+    try:
+        check_precision(precision, "--precision")
+    except PrecisionError as e:
+        raise LabelJobError(str(e)) from None
     labeler = checkpoint_id(idm)
     identity = {"out": str(out), "labeler": labeler, "window": dataclasses.asdict(spec)}
     job_id = job_id or "label-" + hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     h, w = config.net.img_shape[:2]
     job = LabelJob(str(idm), str(out), labeler, job_id, spec, config.action_space, (h, w),
-                   ledger or str(out / LEDGER_FILE), batch_windows, max_record_frames, threads, use_gpu)  # fmt: skip
+                   ledger or str(out / LEDGER_FILE), batch_windows, max_record_frames, threads, use_gpu, precision)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     job_file = out / JOB_FILE
     if job_file.exists():
@@ -145,8 +152,9 @@ def remove_stale_temp_files(out: str | os.PathLike) -> int:
 # ------------------------------------------------------------------------------------------------ workers
 
 
-def label_video(idm, task: VideoTask, job: LabelJob) -> dict[str, Any]:
-    """Decode, label and write one video's shard (atomically). Returns what the ledger records for it.
+def label_video(idm, task: VideoTask, job: LabelJob, precision: str = "fp32") -> dict[str, Any]:
+    """Decode, label (under the resolved ``precision``) and write one video's shard (atomically). Returns what
+    the ledger records for it.
 
     Raises :class:`~vpt_ray.labeling.video.VideoError` for a video that cannot be decoded.
     """
@@ -161,16 +169,16 @@ def label_video(idm, task: VideoTask, job: LabelJob) -> dict[str, Any]:
         raise VideoError(f"{task.path}: its {n} frames hold none of the segments {list(task.segments or [])}")
     space = idm.action_space
     meta = {"labeler": job.labeler, "idm": job.idm, "job_id": job.job_id, "video": task.path,
-            "window": dataclasses.asdict(job.spec)}  # fmt: skip
+            "window": dataclasses.asdict(job.spec), "precision": precision}  # fmt: skip
     with ShardWriter(Path(job.out) / task.shard, space.name, frames.shape[1:], meta=meta,
                      max_record_frames=job.max_record_frames) as writer:  # fmt: skip
         for s, e in ranges:
-            labels = label_clip(idm, frames[s:e], job.spec, job.batch_windows)
+            labels = label_clip(idm, frames[s:e], job.spec, job.batch_windows, precision)
             episode_id = task.key if task.segments is None else f"{task.key}:{s}-{e}"
             writer.write(frames[s:e], episode_id=episode_id, source=task.path, frame_start=s,
                          actions=space.from_idm(labels), labeler=job.labeler)  # fmt: skip
     return {"shard": task.shard, "frames": sum(e - s for s, e in ranges), "segments": len(ranges),
-            "video_frames": n, "labeler": job.labeler}  # fmt: skip
+            "video_frames": n, "labeler": job.labeler, "precision": precision}  # fmt: skip
 
 
 class VideoLabeler:
@@ -181,17 +189,21 @@ class VideoLabeler:
 
         from vpt_ray.ledger import open_ledger
         from vpt_ray.models import load_checkpoint
+        from vpt_ray.models.device import describe_device
+        from vpt_ray.models.precision import resolve_precision
 
         torch.set_num_threads(job.threads)
-        device = "cuda" if job.use_gpu and torch.cuda.is_available() else "cpu"
+        device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
         self.job = job
         self.idm = load_checkpoint(job.idm, device=device)
+        self.precision = resolve_precision(job.precision, device)
+        self.device = describe_device(device)
         self.ledger = open_ledger(job.ledger)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from vpt_ray.labeling.video import VideoError
 
-        out: dict[str, list] = {"key": [], "status": [], "frames": [], "seconds": [], "error": []}
+        out: dict[str, list] = {"key": [], "status": [], "frames": [], "seconds": [], "error": [], "device": []}
         for key, path, segments, shard in zip(batch["key"], batch["path"], batch["segments"], batch["shard"]):
             segs = json.loads(segments)
             task = VideoTask(str(key), str(path), None if segs is None else tuple(map(tuple, segs)), str(shard))
@@ -201,13 +213,14 @@ class VideoLabeler:
                 status = "already_done"  # another run finished it since this one listed its work
             else:
                 try:
-                    info = label_video(self.idm, task, self.job)
+                    info = label_video(self.idm, task, self.job, self.precision)
                     frames = info["frames"]
                     # Only now is the shard durable (fsync + rename): marking it done earlier could lose it.
                     self.ledger.mark_done(self.job.job_id, task.key, {**info, "seconds": time.perf_counter() - start})
                 except VideoError as e:
                     status, error = "skipped", str(e)
-            for k, v in zip(out, (task.key, status, frames, time.perf_counter() - start, error)):
+            for k, v in zip(out, (task.key, status, frames, time.perf_counter() - start, error,
+                                  f"{self.device} {self.precision}")):  # fmt: skip
                 out[k].append(v)
         return out
 
@@ -286,6 +299,7 @@ def run_labeling(job: LabelJob, tasks: Sequence[VideoTask], *, num_actors: int |
         "seconds": round(seconds, 3),
         "frames_per_s": round(frames / seconds, 2) if seconds > 0 else 0.0,
         "actors": num_actors if todo else 0,
+        "devices": sorted({r["device"] for r in results}),  # "<device> <precision>" of the actors that labeled
     }
     _write_json(out / SUMMARY_FILE, summary)
     return summary

@@ -67,23 +67,32 @@ def plan_windows(n_frames: int, spec: WindowSpec) -> list[Window]:
     return out
 
 
-def label_clip(idm, frames_thwc: np.ndarray, spec: WindowSpec, batch_windows: int = 8) -> dict[str, np.ndarray]:
+def label_clip(idm, frames_thwc: np.ndarray, spec: WindowSpec, batch_windows: int = 8,
+               precision: str = "fp32") -> dict[str, np.ndarray]:  # fmt: skip
     """IDM labels of every frame of a clip: head -> int64 (T, factors) (decode with ``action_space.from_idm``).
 
     ``frames_thwc`` uint8 at the IDM's frame size; windows of equal length go through the model
-    ``batch_windows`` at a time.
+    ``batch_windows`` at a time, under ``precision`` (``vpt_ray.models.precision``) on the IDM's device. On a
+    GPU each group of windows is copied from pinned memory without waiting, the labels stay on the GPU, and the
+    clip's labels come back in one copy at the end: the host never waits for the GPU between groups.
     """
     import torch
 
+    from vpt_ray.models.device import to_device
+    from vpt_ray.models.precision import autocast
+
     n = len(frames_thwc)
+    device = idm.device
     windows = plan_windows(n, spec)
-    out = {k: np.zeros((n, factors), np.int64) for k, (factors, _) in idm.action_space.idm_heads.items()}
+    out = {k: torch.zeros((n, factors), dtype=torch.int64, device=device)
+           for k, (factors, _) in idm.action_space.idm_heads.items()}  # fmt: skip
     frames = torch.from_numpy(np.ascontiguousarray(frames_thwc))
     for i in range(0, len(windows), batch_windows):
         group = windows[i : i + batch_windows]
-        clips_bthwc = torch.stack([frames[w.start : w.stop] for w in group]).to(idm.device)
-        pred = {k: v.cpu().numpy() for k, v in idm.predict(clips_bthwc).items()}
+        clips_bthwc = to_device(torch.stack([frames[w.start : w.stop] for w in group]), device)
+        with autocast(precision, device):
+            pred = idm.predict(clips_bthwc)
         for b, w in enumerate(group):
             for k, v in pred.items():
                 out[k][w.keep_lo : w.keep_hi] = v[b, w.keep_lo - w.start : w.keep_hi - w.start]
-    return out
+    return {k: v.cpu().numpy() for k, v in out.items()}

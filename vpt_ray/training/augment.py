@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vpt_ray.models.device import to_device
 from vpt_ray.training.config import AugmentConfig
 
 # ITU-R BT.601 luma weights, and RGB -> YIQ (rows Y, I, Q).
@@ -98,16 +99,22 @@ def apply_augment(frames_bthwc: torch.Tensor, params: AugmentParams) -> torch.Te
     if len(params) != b:
         raise ValueError(f"{len(params)} augmentation rows for {b} clips")
     out = torch.empty_like(frames_bthwc)
+    # The small per-clip tables go to the frames' device in one non-blocking copy: a copy per clip from pageable
+    # memory would wait for the GPU each time.
+    device = frames_bthwc.device
+    luma = to_device(torch.tensor(_LUMA, dtype=torch.float32), device)
+    colour_bij = to_device(torch.stack([colour_matrix(params, i) for i in range(b)]).to(torch.float32), device)
+    theta_bij = to_device(torch.stack([affine_theta(params, i, h, w) for i in range(b)]).to(torch.float32), device)
     # One clip at a time bounds the float copy's memory to one clip (128 frames of 128x128 are ~25 MB).
     for i in range(b):
         x_tchw = frames_bthwc[i].permute(0, 3, 1, 2).to(torch.float32)
         brightness, contrast = float(params.brightness[i]), float(params.contrast[i])
         x_tchw = brightness * x_tchw
         # Contrast blends with the clip's mean grey level: one value for the whole clip, like every parameter.
-        mean_grey = torch.einsum("c,tchw->", torch.tensor(_LUMA).to(x_tchw), x_tchw) / (t * h * w)
+        mean_grey = torch.einsum("c,tchw->", luma, x_tchw) / (t * h * w)
         x_tchw = contrast * x_tchw + (1 - contrast) * mean_grey
-        x_tchw = torch.einsum("ij,tjhw->tihw", colour_matrix(params, i).to(x_tchw), x_tchw)
-        theta = affine_theta(params, i, h, w).to(x_tchw)[None].expand(t, 2, 3)
+        x_tchw = torch.einsum("ij,tjhw->tihw", colour_bij[i], x_tchw)
+        theta = theta_bij[i][None].expand(t, 2, 3)
         grid = F.affine_grid(theta, [t, 3, h, w], align_corners=False)
         x_tchw = F.grid_sample(x_tchw, grid, mode="bilinear", padding_mode="border", align_corners=False)
         out[i] = x_tchw.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)

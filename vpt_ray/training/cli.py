@@ -27,6 +27,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_recipe: str, k
     parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
                         help="one GPU per worker (scaling.use_gpu)")  # fmt: skip
     parser.add_argument("--cpus-per-worker", type=int, metavar="N", help="CPUs per worker (scaling.cpus_per_worker)")
+    parser.add_argument("--precision", metavar="auto|fp32|bf16",
+                        help="arithmetic (precision): bf16 autocast or fp32; the recipes' auto is bf16 on GPUs, "
+                             "fp32 on CPUs")  # fmt: skip
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the model for training (compile; off in the recipes)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any recipe field, e.g. --set optim.weight_decay=0.02 --set schedule.checkpoint_every=100")  # fmt: skip
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
@@ -53,6 +58,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         named["schedule"] = schedule
     if args.lr is not None:
         named["optim"] = {"lr": args.lr}
+    if args.precision is not None:
+        named["precision"] = args.precision
+    if args.compile is not None:
+        named["compile"] = args.compile
     scaling = {k: v for k, v in (("num_workers", args.workers), ("use_gpu", args.gpu),
                                  ("cpus_per_worker", args.cpus_per_worker)) if v is not None}  # fmt: skip
     if scaling:

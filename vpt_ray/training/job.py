@@ -45,9 +45,10 @@ RAY_RUN_NAME = "train"
 FINAL_DIR = "final"
 METRICS_FILE = "metrics.json"
 TENSORBOARD_DIR = "tensorboard"
-# Fields that may differ when a run is resumed: how it is scaled, and how long it runs and reports (to extend a
-# run; the LR decay is recomputed for the new length), not what it trains on or with.
-RESUMABLE_CHANGES = frozenset({"scaling", "schedule"})
+# Fields that may differ when a run is resumed: how it is scaled and computed (precision, compile: e.g. resumed on
+# another machine), and how long it runs and reports (to extend a run; the LR decay is recomputed for the new
+# length), not what it trains on or with.
+RESUMABLE_CHANGES = frozenset({"scaling", "schedule", "precision", "compile"})
 
 
 class TrainJobError(RuntimeError):
@@ -93,6 +94,11 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=True)
 
 
+def ddp_backend(use_gpu: bool) -> str:
+    """torch.distributed's backend between the workers: NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if use_gpu else "gloo"
+
+
 def run_train_job(train_fn: Callable[[dict], None], loop_config: dict[str, Any], run_dir: str | Path,
                   scaling: ScalingSpec, keep_checkpoints: int) -> tuple[dict[str, Any], Path]:  # fmt: skip
     """Run ``train_fn(loop_config)`` on ``scaling`` Ray Train workers; returns (last metrics, final model dir).
@@ -100,7 +106,7 @@ def run_train_job(train_fn: Callable[[dict], None], loop_config: dict[str, Any],
     ``loop_config`` must be plain data; ``run_dir`` is added to it as ``"run_dir"``.
     """
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from vpt_ray.models import load_checkpoint, save_checkpoint
 
@@ -108,6 +114,7 @@ def run_train_job(train_fn: Callable[[dict], None], loop_config: dict[str, Any],
     trainer = TorchTrainer(
         train_fn,
         train_loop_config={**loop_config, "run_dir": str(run_dir)},
+        torch_config=TorchConfig(backend=ddp_backend(scaling.use_gpu)),
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
@@ -159,19 +166,31 @@ class WorkerSession:
         return self.rank == 0
 
     # -- model
-    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model on this worker's device, in DistributedDataParallel when there are several workers.
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on this worker's device: before its optimizer is built or restored, so that the optimizer's
+        state lives on the same device as the parameters."""
+        return model.to(self.device)
+
+    def wrap_model(self, model: torch.nn.Module, compile: bool = False) -> torch.nn.Module:
+        """What the training step calls: the placed model, in DistributedDataParallel when there are several
+        workers, through ``torch.compile`` when asked (after DDP, so that its graph breaks at DDP's buckets).
 
         ``find_unused_parameters``: the IDM discards its last dense layer (BC freezes its unused value heads).
         """
-        model.to(self.device)
-        if self.world_size == 1:
-            return model
-        import ray.train.torch
+        net = self.place(model)
+        if self.world_size > 1:
+            import ray.train.torch
 
-        return ray.train.torch.prepare_model(
-            model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
-        )
+            net = ray.train.torch.prepare_model(
+                model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
+            )
+        return torch.compile(net) if compile else net
+
+    def describe(self, precision: str) -> dict[str, Any]:
+        """What this worker computes on, for the reported metrics (a run's report names its devices)."""
+        from vpt_ray.models.device import describe_device
+
+        return {"device": describe_device(self.device), "precision": precision, "workers": self.world_size}
 
     def sum_across_workers(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise sum over all workers (float64 for exact counts); identity for one worker."""

@@ -39,15 +39,18 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int):
     return optimizer, scheduler
 
 
-def clip_gradients(model: nn.Module, cfg: OptimConfig) -> float:
-    """Clip the global gradient norm to ``cfg.max_grad_norm`` (if set); returns the norm before clipping."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+def clip_gradients(model: nn.Module, cfg: OptimConfig) -> torch.Tensor:
+    """Clip the global gradient norm to ``cfg.max_grad_norm`` (if set); returns the norm before clipping, as a
+    tensor on the parameters' device (reading it is a host sync: do it once per reporting interval)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if cfg.max_grad_norm is None:
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.max_grad_norm)
 
 
-def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, scheduler, cfg: OptimConfig) -> float:
-    """Backward, gradient clipping, the optimizer and LR-schedule steps; returns the norm before clipping."""
+def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, scheduler, cfg: OptimConfig) -> torch.Tensor:
+    """Backward, gradient clipping, the optimizer and LR-schedule steps; returns the norm before clipping (a
+    device tensor: nothing here waits for the GPU)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = clip_gradients(model, cfg)
