@@ -43,13 +43,14 @@ SMALL_ARGS: dict[str, list[str]] = {
     "bench_filter": ["--train-videos", "6", "--test-videos", "3", "--steps", "200"],
     "bench_serving": ["--presets", "crafter-policy-small", "--callers", "1", "4", "--rounds", "3"],
     "bench_rl": ["--runners", "1", "--iterations", "3", "--rounds", "2", "--sample-s", "8"],
+    "bench_gpu": ["--cpu-smoke"],  # on a GPU machine: benchmarks/gpu_check.sh (the device check)
     "bench_idm_bc_evidence": ["--out", "runs/bench/idm_bc_evidence", "--labeled", "4", "--heldout", "2",
                               "--unlabeled", "8", "--episode-steps", "150", "--idm-sizes", "2", "4", "--idm-steps",
                               "30", "--bc-steps", "30", "--eval-episodes", "4"],  # fmt: skip
 }
 # Cheap ones first, so an interrupted run still has them.
-ORDER = ["bench_envs", "bench_models", "bench_demonstrator", "bench_labeling", "bench_filter", "bench_serving",
-         "bench_rl", "bench_idm_bc_evidence"]  # fmt: skip
+ORDER = ["bench_envs", "bench_models", "bench_gpu", "bench_demonstrator", "bench_labeling", "bench_filter",
+         "bench_serving", "bench_rl", "bench_idm_bc_evidence"]  # fmt: skip
 
 
 def find_benches(directory: Path = BENCH_DIR) -> list[str]:
@@ -187,8 +188,12 @@ def _rl(doc: dict) -> list[dict]:
     ]  # fmt: skip
 
 
+def _gpu(doc: dict) -> list[dict]:
+    return [figure(c["check"], c["value"], c["reference"], c["reference_value"], ok=c["ok"]) for c in doc["checks"]]
+
+
 EXTRACTORS: dict[str, Callable[[dict], list[dict]]] = {
-    "bench_envs": _envs, "bench_models": _models, "bench_demonstrator": _demonstrator, "bench_labeling": _labeling,
+    "bench_envs": _envs, "bench_models": _models, "bench_gpu": _gpu, "bench_demonstrator": _demonstrator, "bench_labeling": _labeling,
     "bench_filter": _filter, "bench_serving": _serving, "bench_rl": _rl, "bench_idm_bc_evidence": _idm_bc_evidence,
 }  # fmt: skip
 _COMPARISON = re.compile(r"(limit|baseline|pass|check|speedup|_vs_|_over_|agreement|ratio)", re.IGNORECASE)

@@ -189,11 +189,11 @@ class VideoLabeler:
 
         from vpt_ray.ledger import open_ledger
         from vpt_ray.models import load_checkpoint
-        from vpt_ray.models.device import describe_device
+        from vpt_ray.models.device import describe_device, prepare_device
         from vpt_ray.models.precision import resolve_precision
 
         torch.set_num_threads(job.threads)
-        device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
+        device = prepare_device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
         self.job = job
         self.idm = load_checkpoint(job.idm, device=device)
         self.precision = resolve_precision(job.precision, device)

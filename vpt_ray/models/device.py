@@ -30,3 +30,15 @@ def describe_device(device: torch.device | str) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return device.type
+
+
+def prepare_device(device: torch.device | str) -> torch.device:
+    """``device`` set up for fixed-shape work: on a GPU it becomes the current device and cuDNN times its
+    convolution algorithms once per input shape and keeps the fastest (benchmark mode: the Impala CNN's
+    shapes repeat at every step, so the one-off search pays for itself)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if device.index is not None:
+            torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    return device

@@ -155,7 +155,9 @@ class WorkerSession:
         self.run_dir = Path(run_dir)
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
+        from vpt_ray.models.device import prepare_device
+
+        self.device = prepare_device(ray.train.torch.get_device())
         torch.set_num_threads(max(1, cpus))
         self._writer = None
         self._bar = None
