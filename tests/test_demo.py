@@ -14,7 +14,7 @@ import pytest
 from vpt_ray.config import ConfigError
 from vpt_ray.demo import STAGES, load_demo_config, plan, resolve, run_demo, stage_hashes
 from vpt_ray.demo import pipeline as demo_pipeline
-from vpt_ray.demo.stages import Stage
+from vpt_ray.demo.stages import Stage, StageContext
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +74,21 @@ def test_stage_hashes_follow_the_dependency_graph():
     assert _changed(base, rl) == {"rl_bc_kl", "rl_bc_no_kl", "rl_scratch", "evaluate", "report"}
     rec = stage_hashes(resolve(load_demo_config("quick", {"record": {"episode_steps": 90}})))
     assert _changed(base, rec) == set(base) - {"rl_scratch"}  # scratch RL never sees a recording
+
+
+def test_training_and_labeling_stages_take_a_gpu_when_the_cluster_has_one(monkeypatch, tmp_path):
+    from vpt_ray.demo import stages
+
+    resolved = resolve(load_demo_config("quick"))
+    ctx = StageContext(resolved, tmp_path, tmp_path / "idm", {}, None, "run")
+    monkeypatch.setattr(stages, "_gpus", lambda ctx: 1.0)
+    on_gpu = stages._on_gpu_if_present(ctx, resolved.idm_train)
+    assert on_gpu.scaling.use_gpu and on_gpu.precision == "auto"  # auto: bf16 on the GPU
+    monkeypatch.setattr(stages, "_gpus", lambda ctx: 0.0)
+    assert stages._on_gpu_if_present(ctx, resolved.bc_train) == resolved.bc_train
+    # Decided when the stage runs: the hashes (what a stage makes) do not depend on it.
+    no_gpu = stage_hashes(resolve(load_demo_config("quick", {"use_gpus": False})))
+    assert no_gpu == stage_hashes(resolved)
 
 
 # ------------------------------------------------------------------------------------------- resume logic
@@ -255,6 +270,11 @@ def test_quick_demo_end_to_end(tmp_path):
           ("rl_bc_kl", "rl_bc_no_kl", "rl_scratch")]  # fmt: skip
     assert len({o["env_steps"] for o in rl}) == 1 and rl[0]["env_steps"] >= 32  # the same env-step budget
     assert [o["kl"] for o in rl] == [True, False, False] and rl[2]["init"] is None
+    # Where each stage computed (no GPU here): the report's wall-time table says so.
+    outputs = {s: json.loads((run_dir / "stages" / f"{s}.json").read_text())["outputs"] for s in ("idm", "bc", "label")}
+    assert outputs["idm"]["devices"] == outputs["bc"]["devices"] == "cpu, fp32" and outputs["label"]["devices"] == "cpu fp32"
+    assert rl[0]["devices"] == "learner CPU, frozen BC policy (Serve) CPU, env runners CPU"
+    assert "| idm | " in report and "| cpu, fp32 |" in report and "| devices |" in report
     with open_ledger(str(ledger)) as book:
         demo = book.list_runs(kind="demo")
         rl_runs = book.list_runs(kind="rl")

@@ -131,6 +131,9 @@ class DemoConfig:
     rl_budget: RLBudget = RLBudget()
     eval: EvalSection = EvalSection()
     num_cpus: int | None = None  # CPUs of the demo's local Ray cluster; None: all of this machine's
+    # The training and labeling stages run on a GPU when the demo's Ray cluster has one (precision auto: bf16);
+    # false keeps everything on CPUs. How a stage runs, not what it makes: no stage is redone when it changes.
+    use_gpus: bool = True
     description: str = ""
 
 

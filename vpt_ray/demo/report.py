@@ -361,16 +361,19 @@ def _markdown(ctx, results, titled, counts, verdicts, seconds, loads, plots, pro
     add(SECTIONS[6])
     add("")
     add(f"On {os.cpu_count()} CPU cores; the machine's 1-minute load average at the start and end of each stage says "
-        "how much of them the demo had (a load above the core count means other work shared them).")  # fmt: skip
+        "how much of them the demo had (a load above the core count means other work shared them). Devices: where "
+        "each stage computed (training: the worker's device and precision; labeling: its actors'; RL: as the "
+        "task's rl.scale places it).")  # fmt: skip
     add("")
-    add("| stage | what | minutes | load average |")
-    add("|---|---|---|---|")
+    add("| stage | what | minutes | load average | devices |")
+    add("|---|---|---|---|---|")
     titles = {s.name: s.title for s in STAGES}
     for name, sec in seconds.items():
         load = loads.get(name)
         load_text = f"{load[0]:.1f} → {load[1]:.1f}" if load else "n/a"
-        add(f"| {name} | {titles[name]} | {sec / 60:.1f} | {load_text} |")
-    add(f"| total | (report stage excluded) | {sum(seconds.values()) / 60:.1f} | |")
+        devices = outputs.get(name, {}).get("devices", "CPU") if name != "report" else "CPU"
+        add(f"| {name} | {titles[name]} | {sec / 60:.1f} | {load_text} | {devices} |")
+    add(f"| total | (report stage excluded) | {sum(seconds.values()) / 60:.1f} | | |")
     add("")
     if plots.get("stage_times"):
         add(f"![stage times]({_rel(plots['stage_times'], run_dir)})")

@@ -46,6 +46,38 @@ class Stage:
     needs_ray: bool = True  # the pipeline starts its Ray cluster before the first such stage it runs
 
 
+# --------------------------------------------------------------------------------------------------- devices
+
+
+def _gpus(ctx: StageContext) -> float:
+    """GPUs of the demo's Ray cluster its training and labeling stages may use (0: CPUs only)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0)) if ctx.resolved.config.use_gpus else 0.0
+
+
+def _on_gpu_if_present(ctx: StageContext, cfg):
+    """A training config on one GPU worker when the cluster has a GPU (set when the stage runs, so a stage's hash
+    and its resume do not depend on the machine)."""
+    if not _gpus(ctx):
+        return cfg
+    return dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, use_gpu=True))
+
+
+def _train_devices(metrics: dict[str, Any]) -> str:
+    return f"{metrics.get('device', 'cpu')}, {metrics.get('precision', 'fp32')}"
+
+
+def _rl_devices(ctx: StageContext) -> str:
+    """Where an RL stage runs, as its task's ``rl.scale`` places it. Issue 15 part B: place the learner and the
+    frozen-policy replica on the cluster's GPU here when ``_gpus(ctx)`` has one (gpus_per_learner,
+    serve.gpus_per_replica), with their precision."""
+    scale = ctx.resolved.task["rl"]["scale"]
+    learner = f"{scale.get('gpus_per_learner', 0)} GPU" if scale.get("gpus_per_learner", 0) else "CPU"
+    replica = f"{scale['serve'].get('gpus_per_replica', 0)} GPU" if scale["serve"].get("gpus_per_replica", 0) else "CPU"
+    return f"learner {learner}, frozen BC policy (Serve) {replica}, env runners CPU"
+
+
 # ---------------------------------------------------------------------------------------------------- record
 
 
@@ -153,10 +185,12 @@ def _idm(ctx: StageContext) -> dict[str, Any]:
     workers = ctx.resolved.config.record.workers
     labeled = _to_shards(record["labeled"]["dir"], ctx.dir / "shards" / "labeled", workers, ctx.progress)
     heldout = _to_shards(record["heldout"]["dir"], ctx.dir / "shards" / "heldout", workers, ctx.progress)
-    metrics, final = train_idm(ctx.resolved.idm_train, [labeled["dir"]], ctx.dir / "run", val_data=[heldout["dir"]])
+    metrics, final = train_idm(_on_gpu_if_present(ctx, ctx.resolved.idm_train), [labeled["dir"]], ctx.dir / "run",
+                               val_data=[heldout["dir"]])  # fmt: skip
     return {"final": str(final), "run_dir": str(ctx.dir / "run"), "labeled_shards": labeled["dir"],
             "heldout_shards": heldout["dir"], "labeled_frames": _shard_frames(labeled["dir"]),
-            "steps": ctx.resolved.idm_train.schedule.max_steps, "eval": _metrics(metrics)}  # fmt: skip
+            "steps": ctx.resolved.idm_train.schedule.max_steps, "eval": _metrics(metrics),
+            "devices": _train_devices(metrics)}  # fmt: skip
 
 
 def _shard_frames(directory: str) -> int:
@@ -176,10 +210,14 @@ def _label(ctx: StageContext) -> dict[str, Any]:
     if not tasks:
         raise RuntimeError("the clean filter kept no segment of any unlabeled video: nothing to pseudo-label "
                            "(record more unlabeled videos, or loosen filter.apply)")  # fmt: skip
-    summary = run_labeling(job, tasks, progress=ctx.progress)
+    # On a GPU: two actors per GPU, so that one decodes its video while the other's IDM runs.
+    gpus_per_actor = 0.5 if _gpus(ctx) else 0.0
+    summary = run_labeling(dataclasses.replace(job, use_gpu=gpus_per_actor > 0), tasks, gpus_per_actor=gpus_per_actor,
+                           progress=ctx.progress)  # fmt: skip
     return {"shards": str(ctx.dir / "shards"), "videos": summary["videos"], "frames": summary["frames"],
             "skipped": summary["skipped"], "frames_per_s": summary["frames_per_s"],
-            "accuracy_vs_hidden_truth": pseudo_label_accuracy(ctx.dir / "shards")}  # fmt: skip
+            "accuracy_vs_hidden_truth": pseudo_label_accuracy(ctx.dir / "shards"),
+            "devices": ", ".join(summary["devices"]) or "cpu"}  # fmt: skip
 
 
 def pseudo_label_accuracy(labels: Path) -> float | None:
@@ -208,10 +246,11 @@ def _bc(ctx: StageContext) -> dict[str, Any]:
     from vpt_ray.bc import train_bc
 
     idm = ctx.outputs["idm"]
-    metrics, final = train_bc(ctx.resolved.bc_train, [ctx.outputs["label"]["shards"]], ctx.dir / "run",
-                              val_data=[idm["heldout_shards"]])  # fmt: skip
+    metrics, final = train_bc(_on_gpu_if_present(ctx, ctx.resolved.bc_train), [ctx.outputs["label"]["shards"]],
+                              ctx.dir / "run", val_data=[idm["heldout_shards"]])  # fmt: skip
     return {"final": str(final), "run_dir": str(ctx.dir / "run"), "train_frames": ctx.outputs["label"]["frames"],
-            "steps": ctx.resolved.bc_train.schedule.max_steps, "eval": _metrics(metrics)}  # fmt: skip
+            "steps": ctx.resolved.bc_train.schedule.max_steps, "eval": _metrics(metrics),
+            "devices": _train_devices(metrics)}  # fmt: skip
 
 
 def _bc_labeled_config(resolved: Resolved):
@@ -225,9 +264,10 @@ def _bc_labeled(ctx: StageContext) -> dict[str, Any]:
 
     idm = ctx.outputs["idm"]
     cfg = _bc_labeled_config(ctx.resolved)
-    metrics, final = train_bc(cfg, [idm["labeled_shards"]], ctx.dir / "run", val_data=[idm["heldout_shards"]])
+    metrics, final = train_bc(_on_gpu_if_present(ctx, cfg), [idm["labeled_shards"]], ctx.dir / "run",
+                              val_data=[idm["heldout_shards"]])  # fmt: skip
     return {"final": str(final), "run_dir": str(ctx.dir / "run"), "train_frames": idm["labeled_frames"],
-            "steps": cfg.schedule.max_steps, "eval": _metrics(metrics)}  # fmt: skip
+            "steps": cfg.schedule.max_steps, "eval": _metrics(metrics), "devices": _train_devices(metrics)}  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------------------- rl
@@ -248,7 +288,7 @@ def _rl(arm: str) -> Callable[[StageContext], dict[str, Any]]:
                              run_id=f"{ctx.run_id}-{arm.replace('_', '-')}", **common)  # fmt: skip
         return {"final": summary["final"], "run_dir": str(run_dir), "tensorboard": str(run_dir / "tensorboard"),
                 "iterations": summary["iteration"], "init": init, "kl": arm == "rl_bc_kl",
-                "env_steps": _rl_env_steps(run_dir)}  # fmt: skip
+                "env_steps": _rl_env_steps(run_dir), "devices": _rl_devices(ctx)}  # fmt: skip
 
     return run
 
