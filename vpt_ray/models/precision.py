@@ -5,7 +5,7 @@
   the attention matmuls compute in bf16 (accumulating in fp32). Parameters, gradients, optimizer state and the
   recurrent memory stay float32 (autocast, not a bf16 model), so no loss scaling is needed.
 - ``auto``: bf16 on a CUDA device that supports it, fp32 elsewhere. CPU bf16 autocast is correct (the CPU tests
-  use it) but rarely faster than fp32, so fp32 is the CPU default.
+  use it), but whether it is faster depends on the CPU's bf16 units, so the CPU default stays the exact fp32.
 
 What stays float32 under bf16, on every device (:data:`FP32_OPS`): the norms (``models.layers.LayerNorm`` /
 ``GroupNorm`` / ``BatchNorm2d`` upcast their input, as CUDA autocast does for norms and CPU autocast would not),
