@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_models_parity import load_reference
+from test_models_parity import foundation, idm  # noqa: F401 - the fixture models, as the parity tests load them
 
 from vpt_ray.models.device import describe_device, to_device
 from vpt_ray.models.layers import GroupNorm, LayerNorm
@@ -53,16 +53,6 @@ def test_norms_compute_in_fp32_under_bf16_autocast():
         assert y_bf16.dtype == torch.bfloat16
         assert GroupNorm(1, 8)(y_bf16).dtype == torch.float32
         assert LayerNorm(4)(y_bf16).dtype == torch.float32
-
-
-@pytest.fixture(scope="module")
-def foundation(reference_dir):
-    return load_reference(reference_dir / "foundation", "policy_kwargs", "policy")
-
-
-@pytest.fixture(scope="module")
-def idm(reference_dir):
-    return load_reference(reference_dir / "idm", "idm_net_kwargs", "idm")
 
 
 def assert_bf16_close(err: dict[str, float], what: str) -> None:
