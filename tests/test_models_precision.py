@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_models_parity import foundation, idm  # noqa: F401 - the fixture models, as the parity tests load them
+from test_models_parity import load_reference
 
 from vpt_ray.models.device import describe_device, to_device
 from vpt_ray.models.layers import GroupNorm, LayerNorm
@@ -55,14 +55,21 @@ def test_norms_compute_in_fp32_under_bf16_autocast():
         assert LayerNorm(4)(y_bf16).dtype == torch.float32
 
 
+@pytest.fixture(scope="module")
+def reference(reference_dir):
+    """The fixture policy and IDM, loaded as the parity tests load them."""
+    return {which: load_reference(reference_dir / which, key, kind)
+            for which, key, kind in (("foundation", "policy_kwargs", "policy"), ("idm", "idm_net_kwargs", "idm"))}  # fmt: skip
+
+
 def assert_bf16_close(err: dict[str, float], what: str) -> None:
     assert err["max_abs"] <= BF16_MAX_ABS and err["mean_abs"] <= BF16_MEAN_ABS and err["kl_max"] <= BF16_KL, (
         f"{what}: bf16 vs fp32 {err}")
 
 
 @torch.no_grad()
-def test_policy_bf16_logprobs_within_tolerance_memory_carried(foundation):
-    model, inp = foundation["model"], foundation["inputs"]
+def test_policy_bf16_logprobs_within_tolerance_memory_carried(reference):
+    model, inp = reference["foundation"]["model"], reference["foundation"]["inputs"]
     state32 = state16 = None
     for c in "acfh":  # the fixture's sequence of calls, memory carried from one to the next
         out32 = model(inp[f"img_{c}"], inp[f"first_{c}"], state32)
@@ -83,8 +90,8 @@ def test_policy_bf16_logprobs_within_tolerance_memory_carried(foundation):
 
 
 @torch.no_grad()
-def test_idm_bf16_logprobs_within_tolerance(idm):
-    model, inp = idm["model"], idm["inputs"]
+def test_idm_bf16_logprobs_within_tolerance(reference):
+    model, inp = reference["idm"]["model"], reference["idm"]["inputs"]
     out32 = model(inp["video"])
     with autocast("bf16", "cpu"):
         out16 = model(inp["video"])
