@@ -3,8 +3,8 @@
 Sections (``SECTIONS`` below; each has a time cap, and a failing section is recorded and the others still run):
 
 * ``env``: torch, CUDA, the GPU, and the bf16 dense peak MFU is computed against (datasheet figure, printed).
-* ``matmul_ceiling``: an 8192^3 bf16 matrix product measured in this run (CUDA events): the ceiling the MFU
-  figures can be read against besides the datasheet peak.
+* ``matmul_ceiling``: an 8192^3 bf16 matrix product measured in this run (CUDA events): every MFU figure (against
+  the datasheet peak) comes with its rate over this measured ceiling too (``of_measured_matmul_ceiling``).
 * ``parity``: the fixture models (``fixtures/vpt-reference``) on the GPU vs the CPU: fp32 (TF32 off) within 1e-4
   and against the released code's vectors; fp32 with PyTorch's defaults (TF32 convolutions); bf16 errors.
 * ``bc_train``: ``vpt_ray.bc.train.train_step`` (the training loop's own step) on the vpt-2x shapes (248 M
@@ -125,10 +125,13 @@ class Context:
             self.models[preset] = build_model(load_preset(preset)).to(self.device)
         return self.models[preset]
 
-    def mfu(self, flops: float, seconds: float) -> float | None:
-        if self.peak_tflops is None or seconds <= 0:
-            return None
-        return round(flops / seconds / (self.peak_tflops * 1e12), 4)
+    def mfu(self, flops: float, seconds: float) -> dict[str, float | None]:
+        """Model FLOPs utilisation against the datasheet peak, and the same rate over this run's measured bf16
+        matmul ceiling (None where either is unknown)."""
+        ceiling = self.results.get("matmul_ceiling", {}).get("tflops")
+        rate = flops / seconds / 1e12 if seconds > 0 else None
+        return {"mfu": round(rate / self.peak_tflops, 4) if rate and self.peak_tflops else None,
+                "of_measured_matmul_ceiling": round(rate / ceiling, 4) if rate and ceiling else None}  # fmt: skip
 
 
 class SectionTimeout(Exception):
@@ -355,7 +358,7 @@ def _train_entry(ctx: Context, step: Callable[[], Any], frames: int, warmup: int
         flops, _ = count_flops(step)  # the first step, counted
         timing = time_steps(step, warmup=max(0, warmup - 1), reps=ctx.sizes.reps, device=ctx.device)
     entry.update(flops_per_step=flops, gflops_per_frame=round(flops / frames / 1e9, 2), **timing,
-                 frames_per_s=_rate(frames, timing), mfu=ctx.mfu(flops, timing["seconds_per_step"]))  # fmt: skip
+                 frames_per_s=_rate(frames, timing), **ctx.mfu(flops, timing["seconds_per_step"]))  # fmt: skip
     return entry
 
 
@@ -407,7 +410,7 @@ def section_inference(ctx: Context) -> dict[str, Any]:
             flops, _ = count_flops(step)
             timing = time_steps(step, warmup=s.infer_warmup, reps=s.infer_reps, device=ctx.device)
         entry.update(flops_per_step=flops, **timing, frames_per_s=_rate(s.infer_batch, timing),
-                     mfu=ctx.mfu(flops, timing["seconds_per_step"]))  # fmt: skip
+                     **ctx.mfu(flops, timing["seconds_per_step"]))  # fmt: skip
         out[precision] = entry
     out["target_frames_per_s"] = INFERENCE_TARGET_FPS
     return out
@@ -435,7 +438,7 @@ def section_labeling(ctx: Context) -> dict[str, Any]:
             timing = time_steps(run, warmup=0, reps=reps, device=ctx.device)
         entry.update(flops_per_clip=flops, **timing, labeled_frames_per_s=_rate(n, timing),
                      idm_frames_per_s=_rate(windows * spec.window, timing),
-                     mfu=ctx.mfu(flops, timing["seconds_per_step"]))  # fmt: skip
+                     **ctx.mfu(flops, timing["seconds_per_step"]))  # fmt: skip
         out[precision] = entry
     out["bf16_fp32_label_agreement"] = round(float(np.mean([(labels["bf16"][k] == labels["fp32"][k]).mean()
                                                              for k in labels["fp32"]])), 4)  # fmt: skip
