@@ -382,28 +382,13 @@ def evaluate_agents(agents: Sequence[AgentSpec], task: Any, *, episodes: int, se
     return {a.name: summaries[a.name] for a in agents}
 
 
-def connect_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Use the connected Ray cluster, else ``address`` / RAY_ADDRESS, else start a local one of our own
-    (``address="local"``: never one another process on this machine started); True when this call started Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)  # fmt: skip
-    return True
-
-
 def _evaluate_on_ray(chunks: list, task_dict: dict, seed: int, workers: int, envs_per_worker: int,
                      address: str | None, done: Callable) -> None:  # fmt: skip
     import ray
 
-    started = connect_ray(address, num_cpus=workers)
+    from vpt_ray.ray_session import init_ray
+
+    started = init_ray(address, num_cpus=workers, configure_logging=False)
     actor_cls = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(_EvalWorker)
     queue = list(chunks)
     actors = [actor_cls.remote(task_dict, envs_per_worker) for _ in range(min(workers, len(queue)))]

@@ -29,14 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (and torch threads) per actor")
     parser.add_argument("--num-gpus-per-actor", type=float,
                         help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")  # fmt: skip
-    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a running local cluster, else a new one)")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a new local cluster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
-    import os
 
     import ray
 
@@ -57,11 +56,9 @@ def run(args: argparse.Namespace) -> int:
     except LabelJobError as e:
         print(f"vpt-ray label: {e}", file=sys.stderr)
         return 2
-    started_ray = False
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=args.address, include_dashboard=False, configure_logging=False)
-        started_ray = True
+    from vpt_ray.ray_session import init_ray
+
+    started_ray = init_ray(args.address, configure_logging=False)
     try:
         gpus = args.num_gpus_per_actor
         if gpus is None:

@@ -40,11 +40,19 @@ def resolve_address(address: str | None) -> str:
 
 def job_client(address: str | None):
     """A JobSubmissionClient, or SystemExit with a message saying how to reach the cluster."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
+
+    from vpt_ray.ray_session import TOKEN_SOURCES
 
     url = resolve_address(address)
     try:
         return JobSubmissionClient(url)
+    except AuthenticationError:
+        raise SystemExit(
+            f"vpt-ray: the Ray Jobs API at {url} refused this client: it needs the cluster's token in "
+            f"{TOKEN_SOURCES}, and RAY_AUTH_MODE=token or unset (cluster/README.md: the token)"
+        ) from None
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise SystemExit(
             f"vpt-ray: cannot reach the Ray Jobs API at {url}: {e}\n"

@@ -658,13 +658,10 @@ def record_episodes(
 def _record_with_ray(spec, todo, workers: int, kwargs: dict[str, Any], done) -> None:
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        # address="local": a cluster of our own, never a stray one another process left on this machine; it
-        # listens on loopback only, so it runs without token auth (Ray 2.60 turns it on by default).
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, configure_logging=False,
-                 object_store_memory=256 * 1024**2)  # fmt: skip
+    from vpt_ray.ray_session import init_ray
+
+    # A local cluster of our own (never a stray one another process left on this machine), token auth on.
+    started = init_ray("local", num_cpus=workers, configure_logging=False, object_store_memory=256 * 1024**2)
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(record_episode)
         queue = list(todo)

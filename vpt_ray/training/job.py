@@ -82,15 +82,9 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any]) -> bool:
 def ensure_ray(address: str | None = None) -> None:
     """Connect to ``address`` (or RAY_ADDRESS; "auto": the cluster running on this machine), or else start a
     new local cluster without the dashboard (never silently join another job's local cluster)."""
-    import ray
+    from vpt_ray.ray_session import init_ray
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+    init_ray(address, log_to_driver=True)
 
 
 def run_train_job(train_fn: Callable[[dict], None], loop_config: dict[str, Any], run_dir: str | Path,
