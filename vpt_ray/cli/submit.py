@@ -20,6 +20,14 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # The spec travels with the job under this name, in a working_dir of its own.
 SHIPPED_TASK = "task.yaml"
 DEFAULT_COMMAND = "vpt-ray rl --task {task}"
+# Environment variables whose values are secrets by their name.
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|CREDENTIAL", re.IGNORECASE)
+SECRET_ADVICE = (
+    "a job's runtime_env and entrypoint are readable by every client of the Jobs API (`vpt-ray jobs --json`, "
+    "the dashboard) and kept with the job: keep secrets in a file on the cluster that the job reads instead "
+    "(the cluster's jobs already have VPT_LEDGER; for another ledger, --env VPT_LEDGER_FILE=PATH names a file "
+    "holding its URL; cluster/README.md)"
+)
 
 
 def add_address_argument(parser: argparse.ArgumentParser) -> None:
@@ -88,15 +96,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_request(args: argparse.Namespace, staging: Path) -> dict:
-    """The JobSubmissionClient.submit_job keyword arguments; refuses bad input before anything is sent."""
+    """The JobSubmissionClient.submit_job keyword arguments; refuses bad input (and secrets, which the Jobs API
+    would show to anyone who lists jobs) before anything is sent."""
+    from vpt_ray.ledger import redact_url
+
     if args.spec is None and args.command is None:
         raise SystemExit("vpt-ray submit: give a task SPEC, or a --command to run")
     env_vars = {}
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise SystemExit(f"vpt-ray submit: --env {item!r}: expected KEY=VALUE")
+            raise SystemExit(f"vpt-ray submit: --env {redact_url(item)!r}: expected KEY=VALUE")
+        if redact_url(value) != value or SECRET_NAME.search(key):
+            what = "a URL with a password" if redact_url(value) != value else "a secret (by its name)"
+            raise SystemExit(f"vpt-ray submit: --env {key}: its value is {what}; {SECRET_ADVICE}")
         env_vars[key] = value
+    if args.command is not None and redact_url(args.command) != args.command:
+        raise SystemExit(f"vpt-ray submit: --command {redact_url(args.command)!r} holds a URL with a password; "
+                         f"{SECRET_ADVICE}")  # fmt: skip
     runtime_env: dict = {}
     command = args.command or DEFAULT_COMMAND
     name = "job"
