@@ -77,6 +77,26 @@ def test_submit_refuses_bad_input_before_contacting_anything(tmp_path):
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
 
 
+def test_submit_keeps_secrets_out_of_the_job_and_its_output(tmp_path):
+    # runtime_env and the entrypoint are readable by every Jobs API client: a secret there is refused, and never
+    # printed (not even by --dry-run).
+    cases = [
+        (("--env", "VPT_LEDGER=redis://:hunter2@10.0.0.5:6380/0"), "--env VPT_LEDGER: its value is a URL with a password"),
+        (("--env", "WANDB_API_KEY=hunter2"), "--env WANDB_API_KEY: its value is a secret (by its name)"),
+        (("--env", "HF_TOKEN=hunter2"), "--env HF_TOKEN: its value is a secret"),
+        (("--command", "vpt-ray status --ledger redis://:hunter2@h:1/0"), "holds a URL with a password"),
+    ]
+    for args, message in cases:
+        for dry in ((), ("--dry-run",)):
+            out = vpt_ray("submit", str(SPEC), *args, *dry, "--address", "http://127.0.0.1:9")
+            assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+            assert "VPT_LEDGER_FILE=PATH" in out.stderr and "hunter2" not in out.stdout + out.stderr
+    # The way that works: the job reads the URL from a file on the cluster.
+    ok = vpt_ray("submit", str(SPEC), "--env", "VPT_LEDGER_FILE=/home/ray/.vpt_ray/other_ledger", "--dry-run")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["runtime_env"]["env_vars"]["VPT_LEDGER_FILE"] == "/home/ray/.vpt_ray/other_ledger"
+
+
 # --------------------------------------------------------------------------------- a real Jobs API server
 
 
