@@ -35,8 +35,13 @@ def _convert(args: argparse.Namespace) -> int:
     import dataclasses
 
     from vpt_ray.data.recordings import RecordingError
-    from vpt_ray.data.shards import recordings_to_shards
+    from vpt_ray.data.shards import check_conversion, recordings_to_shards
 
+    try:
+        check_conversion(args.recordings, args.out, args.frame_size)  # before Ray starts
+    except ValueError as e:
+        print(f"vpt-ray shard convert: {e}", file=sys.stderr)
+        return 2
     started_ray = False
     if args.workers > 0:
         import ray
@@ -60,6 +65,10 @@ def _convert(args: argparse.Namespace) -> int:
               f"existing, skipped {len(summary.bad)} bad recording(s) -> {args.out}")  # fmt: skip
         for error in summary.bad.values():
             print(f"  skipped: {error}")
+    if not (summary.written or summary.existing):
+        what = f"all {len(summary.bad)} recording(s) are bad" if summary.bad else "no labeled recordings found"
+        print(f"vpt-ray shard convert: {args.recordings}: {what}; no shards", file=sys.stderr)
+        return 1
     return 0
 
 
