@@ -176,3 +176,16 @@ def test_evaluate_refuses_missing_or_truncated_weights_before_ray(checkpoints, t
     with_task = vpt_ray("evaluate", "--task", "crafter-wood", "--agent", f"p={bad['frame_size']}", "--episodes",
                         "2", "--workers", "1", "--address", NO_RAY)  # fmt: skip
     assert with_task.returncode == 1 and "[32, 32]" in with_task.stderr, with_task.stderr
+
+
+def test_a_recipe_for_the_other_training_command_is_named_as_such(tmp_path):
+    out = tmp_path / "run"
+    cases = [("train-idm", "bc-crafter-small", "this is a BC recipe (for `vpt-ray train-bc`), not one for `vpt-ray train-idm`"),
+             ("train-bc", "idm-crafter-small", "this is an IDM recipe (for `vpt-ray train-idm`), not one for `vpt-ray train-bc`")]  # fmt: skip
+    for command, recipe, message in cases:
+        refused = vpt_ray(command, str(tmp_path), "--out", str(out), "--recipe", recipe, "--address", NO_RAY)
+        assert refused.returncode == 1 and f"{recipe}.yaml: {message}" in refused.stderr, refused.stderr
+    # A recipe of the right kind with a wrong field still names that field.
+    typo = vpt_ray("train-bc", str(tmp_path), "--out", str(out), "--set", "optim.lrr=1", "--address", NO_RAY)
+    assert typo.returncode == 1 and "field 'optim.lrr': unknown field" in typo.stderr, typo.stderr
+    assert not out.exists()
