@@ -189,3 +189,15 @@ def test_a_recipe_for_the_other_training_command_is_named_as_such(tmp_path):
     typo = vpt_ray("train-bc", str(tmp_path), "--out", str(out), "--set", "optim.lrr=1", "--address", NO_RAY)
     assert typo.returncode == 1 and "field 'optim.lrr': unknown field" in typo.stderr, typo.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [
+    ("demo", "--quick", "--run-dir", "{out}"),
+    ("label", "{out}/videos", "--idm", "{out}/idm", "--out", "{out}", "--address", NO_RAY),
+])  # fmt: skip
+def test_demo_and_label_refuse_a_malformed_ledger_before_anything(tmp_path, command):
+    out = tmp_path / "out"
+    args = [a.format(out=out) for a in command]
+    refused = vpt_ray(*args, "--ledger", "redis//127.0.0.1")
+    assert refused.returncode in (1, 2), refused.stderr
+    assert "ledger location 'redis//127.0.0.1': a malformed URL" in refused.stderr and not out.exists()

@@ -40,10 +40,13 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from vpt_ray.labeling import InputError, LabelJobError, collect_videos, prepare_job, run_labeling
+    from vpt_ray.ledger import LedgerError, check_location
 
     try:
+        if args.ledger is not None:
+            check_location(args.ledger)  # the actors open it on the cluster: refuse a malformed one here
         tasks = collect_videos(args.inputs, args.segments)
-    except InputError as e:
+    except (InputError, LedgerError) as e:
         print(f"vpt-ray label: {e}", file=sys.stderr)
         return 2
     if args.num_actors is not None and args.num_actors <= 0:
