@@ -87,12 +87,13 @@ def check_checkpoint(directory: str | Path, *, kind: str, action_space: str | No
     model built on the meta device, so checking even the largest preset allocates no parameters.
     """
     directory = Path(directory)
+    names = {"policy": "a policy", "idm": "an inverse dynamics model"}
     if not (directory / MODEL_FILE).is_file():
         what = "no such directory" if not directory.exists() else f"no {MODEL_FILE} there"
-        raise ConfigError(f"{directory}: not a model checkpoint directory ({MODEL_FILE} + {WEIGHTS_FILE}): {what}")
+        raise ConfigError(f"{directory}: not {names.get(kind, 'a model')} checkpoint directory ({MODEL_FILE} + "
+                          f"{WEIGHTS_FILE}): {what}")  # fmt: skip
     where = directory / MODEL_FILE
     config = load_config(ModelConfig, where)
-    names = {"policy": "a policy", "idm": "an inverse dynamics model"}
     if config.kind != kind:
         raise ConfigError(f"{where}: field 'kind': this checkpoint holds {names.get(config.kind, repr(config.kind))} "
                           f"({config.kind!r}), {names.get(kind, repr(kind))} is needed here")  # fmt: skip
