@@ -106,3 +106,13 @@ def test_a_cluster_started_like_the_cli_refuses_a_client_without_the_token(tmp_p
             os.killpg(server.pid, 9)
             server.wait()
     assert server.returncode == 0, server.stderr.read()[-3000:]
+
+
+def test_turning_auth_off_yourself_is_warned_about(tmp_path):
+    env = {**_clean_env(tmp_path), "RAY_AUTH_MODE": "disabled"}
+    out = subprocess.run([str(Path(sys.executable).with_name("vpt-ray")), "evaluate", "--task", "crafter-wood",
+                          "--agent", "random", "--episodes", "1", "--max-steps", "5", "--workers", "1",
+                          "--no-progress"], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "RAY_AUTH_MODE=disabled: the Ray cluster runs without token authentication" in out.stderr
+    assert not (tmp_path / ".ray").exists()  # no token was made for it

@@ -14,7 +14,8 @@ shared token on every gRPC and HTTP entry point (``RAY_AUTH_MODE=token``); vpt_r
   same token, so Ray Train workers, Ray Data and Serve replicas, RLlib env runners and Ray Jobs entrypoints
   all authenticate. The token is never printed.
 
-``RAY_AUTH_MODE=disabled`` set by the user is respected, with a warning: that cluster is open to the network.
+A ``RAY_AUTH_MODE`` other than ``token`` that the user set is respected, with a warning: that cluster is open to the
+network.
 """
 
 from __future__ import annotations
