@@ -110,6 +110,15 @@ def test_rl_refuses_a_bad_init_before_ray_and_leaves_nothing_behind(rl_task, che
         corrected.stderr)
     meta = json.loads((out / "run.json").read_text())
     assert (meta["init"], meta["kl"]) == (str(good), True)
+    # That start failed before training anything: the command once Ray is fixed starts over in place...
+    again = vpt_ray("rl", "--task", str(task), "--no-kl", "--init", str(good), "--out", str(out), "--address", NO_RAY)
+    assert f"cannot connect to the Ray cluster at {NO_RAY}" in again.stderr and "already holds" not in again.stderr
+    assert json.loads((out / "run.json").read_text())["kl"] is False
+    # ...while a run that trained is never overwritten: it is continued with --resume.
+    (out / "progress.jsonl").write_text('{"iteration": 1}\n')
+    trained = vpt_ray("rl", "--task", str(task), "--out", str(out), "--address", NO_RAY)
+    assert trained.returncode == 1 and f"{out} already holds a run: continue it with `vpt-ray rl --resume" in (
+        trained.stderr)
 
 
 @pytest.mark.slow

@@ -121,8 +121,12 @@ def _prepare_new_run(task: str | Path | TaskSpec, out: Path | None, init: str | 
     if run_dir.exists() and not run_dir.is_dir():
         raise RLJobError(f"--out {run_dir}: exists and is not a directory")
     if (run_dir / RUN_FILE).is_file():
-        raise RLJobError(f"{run_dir} already holds a run: continue it with `vpt-ray rl --resume {run_dir}`, or "
-                         "choose another --out")  # fmt: skip
+        # A start that failed before its first iteration (Ray unreachable, interrupted) trained nothing: the
+        # corrected command starts over in place. One that trained is continued with --resume, never overwritten.
+        if list_checkpoints(run_dir) or (run_dir / PROGRESS_FILE).is_file():
+            raise RLJobError(f"{run_dir} already holds a run: continue it with `vpt-ray rl --resume {run_dir}`, or "
+                             "choose another --out")  # fmt: skip
+        logger.warning("%s holds a start that never trained: starting over there", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {"run_id": run_id, "init": None if init is None else str(init), "kl": bool(kl and init is not None)}
     (run_dir / TASK_FILE).write_text(yaml.safe_dump(task_to_dict(spec), sort_keys=False))
