@@ -92,9 +92,12 @@ def test_submit_keeps_secrets_out_of_the_job_and_its_output(tmp_path):
             assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
             assert "VPT_LEDGER_FILE=PATH" in out.stderr and "hunter2" not in out.stdout + out.stderr
     # The way that works: the job reads the URL from a file on the cluster.
-    ok = vpt_ray("submit", str(SPEC), "--env", "VPT_LEDGER_FILE=/home/ray/.vpt_ray/other_ledger", "--dry-run")
+    ok = vpt_ray("submit", str(SPEC), "--env", "VPT_LEDGER_FILE=/home/ray/.vpt_ray/other_ledger", "--dry-run",
+                 "--address", "https://me:hunter2@jobs.example:8443")  # fmt: skip
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["runtime_env"]["env_vars"]["VPT_LEDGER_FILE"] == "/home/ray/.vpt_ray/other_ledger"
+    request = json.loads(ok.stdout)
+    assert request["runtime_env"]["env_vars"]["VPT_LEDGER_FILE"] == "/home/ray/.vpt_ray/other_ledger"
+    assert request["address"] == "https://me:***@jobs.example:8443" and "hunter2" not in ok.stdout
 
 
 # --------------------------------------------------------------------------------- a real Jobs API server

@@ -51,6 +51,7 @@ def job_client(address: str | None):
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    from vpt_ray.ledger import redact_url
     from vpt_ray.ray_session import TOKEN_SOURCES
 
     url = resolve_address(address)
@@ -58,12 +59,12 @@ def job_client(address: str | None):
         return JobSubmissionClient(url)
     except AuthenticationError:
         raise SystemExit(
-            f"vpt-ray: the Ray Jobs API at {url} refused this client: it needs the cluster's token in "
+            f"vpt-ray: the Ray Jobs API at {redact_url(url)} refused this client: it needs the cluster's token in "
             f"{TOKEN_SOURCES}, and RAY_AUTH_MODE=token or unset (cluster/README.md: the token)"
         ) from None
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise SystemExit(
-            f"vpt-ray: cannot reach the Ray Jobs API at {url}: {e}\n"
+            f"vpt-ray: cannot reach the Ray Jobs API at {redact_url(url)}: {redact_url(str(e))}\n"
             "  a cluster: keep `ray dashboard cluster/vpt.yaml` running (it forwards 127.0.0.1:8265)\n"
             "  locally:   `ray start --head` (the dashboard serves the Jobs API)"
         ) from None
@@ -165,10 +166,12 @@ def build_request(args: argparse.Namespace, staging: Path) -> dict:
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
+    from vpt_ray.ledger import redact_url
+
     with tempfile.TemporaryDirectory(prefix="vpt-submit-") as tmp:
         request = build_request(args, Path(tmp) / "job")
         if args.dry_run:
-            print(json.dumps({**request, "address": resolve_address(args.address)}, indent=2))
+            print(json.dumps({**request, "address": redact_url(resolve_address(args.address))}, indent=2))
             return 0
         client = job_client(args.address)
         try:
