@@ -210,3 +210,13 @@ def test_demo_and_label_refuse_a_malformed_ledger_before_anything(tmp_path, comm
     refused = vpt_ray(*args, "--ledger", "redis//127.0.0.1")
     assert refused.returncode in (1, 2), refused.stderr
     assert "ledger location 'redis//127.0.0.1': a malformed URL" in refused.stderr and not out.exists()
+
+
+def test_a_checkpoint_killed_while_saving_is_not_resumed_from(tmp_path):
+    from vpt_ray.rl.job import list_checkpoints
+
+    for name in ("iteration_000001", "iteration_000002", "iteration_000003.tmp"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        (tmp_path / "checkpoints" / name / "rllib_checkpoint.json").write_text("{}")
+    (tmp_path / "checkpoints" / "iteration_000004").mkdir()  # RLlib had not written its metadata yet
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["iteration_000001", "iteration_000002"]

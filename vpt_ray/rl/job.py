@@ -70,9 +70,12 @@ def checkpoint_dir(run_dir: Path, iteration: int) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (one is complete once RLlib wrote its metadata file)."""
+    """Complete checkpoints, oldest first: holding RLlib's metadata file and renamed from their temporary ``.tmp``
+    name (_save_checkpoint renames one only once RLlib has written all of it; a job killed while saving leaves the
+    ``.tmp``, metadata file and all, and a resume must not restore it)."""
     root = Path(run_dir) / CHECKPOINTS_DIR
-    done = [p for p in root.glob("iteration_*") if (p / "rllib_checkpoint.json").is_file()] if root.is_dir() else []
+    done = [p for p in root.glob("iteration_*") if p.name.removeprefix("iteration_").isdigit()
+            and (p / "rllib_checkpoint.json").is_file()] if root.is_dir() else []  # fmt: skip
     return sorted(done)
 
 
