@@ -26,17 +26,17 @@ redis:
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q redis-server >/dev/null; }; }
 
 test: setup
-	RAY_AUTH_MODE=disabled $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Everything but the end-to-end tests marked slow.
 test-fast: setup
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
-	RAY_AUTH_MODE=disabled $(VENV)/bin/vpt-ray demo $(DEMO_ARGS)
+	$(VENV)/bin/vpt-ray demo $(DEMO_ARGS)
 
 bench: setup
-	RAY_AUTH_MODE=disabled $(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -59,17 +59,19 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, help="write the confusion matrix and timeline PNGs here")
     args = parser.parse_args()
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from vpt_ray.ray_session import init_ray, use_token_auth
+
+    use_token_auth()  # before Ray is imported
     import ray
 
     from vpt_ray.data.recordings import record_episodes
     from vpt_ray.filter.config import FilterConfig, TrainConfig
-    from vpt_ray.filter.pipeline import filter_video, filter_videos, init_ray
+    from vpt_ray.filter.pipeline import filter_video, filter_videos
     from vpt_ray.filter.report import evaluate, labeled_videos, plot_confusion, plot_timelines
     from vpt_ray.filter.train import train_filter
     from vpt_ray.filter.video import count_frames
 
-    init_ray(num_cpus=args.workers)
+    init_ray(num_cpus=args.workers, configure_logging=False)
     try:
         t0 = time.perf_counter()
         for split, seed, n in (("train", 1, args.train_videos), ("test", 2, args.test_videos)):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray token auth (vpt_ray.ray_session), set before Ray is imported
 
 TASK = "crafter-tech-tree"
 WORKERS = 2  # data-parallel Ray Train workers (DDP over gloo), one CPU each

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray token auth (vpt_ray.ray_session), set before Ray is imported
 
 
 def write_video(path: Path, n_frames: int, size: tuple[int, int], seed: int) -> None:

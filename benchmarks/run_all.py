@@ -218,7 +218,7 @@ def generic_figures(doc: Any, prefix: str = "") -> list[dict]:
 
 def run_bench(name: str, args: list[str], timeout_s: float, directory: Path = BENCH_DIR) -> dict[str, Any]:
     cmd = [sys.executable, str(directory / f"{name}.py"), *args]
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     entry: dict[str, Any] = {"args": args}
     # Its own session: on a timeout the whole process group goes (a bench's local Ray processes included).

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import os
+import secrets
+import tempfile
 from pathlib import Path
 
 import pytest
 
-# Ray 2.60 turns token auth on by default; local test clusters run without it.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Every test cluster checks Ray's token, as every cluster vpt-ray starts does (vpt_ray.ray_session). The mode is
+# set before anything imports Ray (Ray reads it once per process). One token for the session, in a file of its
+# own: `ray start` heads (which need a token before they start), ray.cluster_utils nodes, Ray Jobs entrypoints and
+# `vpt-ray` subprocesses inherit RAY_AUTH_TOKEN_PATH and share it, and nothing depends on a token in ~/.ray.
+os.environ["RAY_AUTH_MODE"] = "token"
+_token_file = None
+if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+    _token_file = Path(tempfile.mkdtemp(prefix="vpt-ray-token-")) / "auth_token"
+    _token_file.touch(mode=0o600)
+    _token_file.write_text(secrets.token_hex(32))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(_token_file)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -188,6 +199,10 @@ def pytest_sessionfinish(session, exitstatus):
     try:
         import ray
     except ImportError:
-        return
-    if ray.is_initialized():
+        ray = None
+    if ray is not None and ray.is_initialized():
         ray.shutdown()
+    if _token_file is not None:
+        import shutil
+
+        shutil.rmtree(_token_file.parent, ignore_errors=True)

@@ -87,7 +87,7 @@ def test_vpt_ray_scale_grows_rollout_nodes_for_a_running_rl_job(rl_task, tmp_pat
 
     with fake_autoscaling_cluster(head_cpus=0) as (ray, address):
         assert _node_types(ray) == []
-        env = {**os.environ, "VPT_LEDGER": str(db), "VPT_RUN_ID": RUN_ID, "RAY_AUTH_MODE": "disabled",
+        env = {**os.environ, "VPT_LEDGER": str(db), "VPT_RUN_ID": RUN_ID,
                "OMP_NUM_THREADS": "1"}  # fmt: skip
         env.pop("RAY_ADDRESS", None)
         log_path = tmp_path / "job.log"

@@ -94,6 +94,23 @@ def test_nothing_is_exposed_and_the_ledger_needs_a_password(path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_node_starts_ray_with_token_auth(path):
+    cfg = load(path)
+    assert "RAY_AUTH_MODE=disabled" not in path.read_text()
+    # The token you created (cluster/README.md) lands where every Ray process on the node looks for it...
+    assert cfg["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.vpt_ray/ray_auth_token"
+    assert "chmod 600" in cfg["setup_commands"][0] and "~/.ray/auth_token" in cfg["setup_commands"][0]
+    # ...and Ray starts in token mode on the head and on every worker (without the file it refuses to start).
+    for cmds in (cfg["head_start_ray_commands"], cfg["worker_start_ray_commands"]):
+        start = next(c for c in cmds if "ray start" in c)
+        assert "export RAY_AUTH_MODE=token &&" in start
+        assert start.index("RAY_AUTH_MODE=token") < start.index("ray start")
+    readme = (REPO / "cluster" / "README.md").read_text()
+    assert "(umask 077 && openssl rand -hex 32 > ~/.vpt_ray/ray_auth_token)" in readme
+    assert "RAY_AUTH_TOKEN_PATH=~/.vpt_ray/ray_auth_token" in readme
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_commands_parse_and_mounts_exist(path):
     cfg = load(path)
     keys = ["initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -76,6 +77,29 @@ def test_submit_refuses_bad_input_before_contacting_anything(tmp_path):
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
 
 
+def test_submit_keeps_secrets_out_of_the_job_and_its_output(tmp_path):
+    # runtime_env and the entrypoint are readable by every Jobs API client: a secret there is refused, and never
+    # printed (not even by --dry-run).
+    cases = [
+        (("--env", "VPT_LEDGER=redis://:hunter2@10.0.0.5:6380/0"), "--env VPT_LEDGER: its value is a URL with a password"),
+        (("--env", "WANDB_API_KEY=hunter2"), "--env WANDB_API_KEY: its value is a secret (by its name)"),
+        (("--env", "HF_TOKEN=hunter2"), "--env HF_TOKEN: its value is a secret"),
+        (("--command", "vpt-ray status --ledger redis://:hunter2@h:1/0"), "holds a URL with a password"),
+    ]
+    for args, message in cases:
+        for dry in ((), ("--dry-run",)):
+            out = vpt_ray("submit", str(SPEC), *args, *dry, "--address", "http://127.0.0.1:9")
+            assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+            assert "VPT_LEDGER_FILE=PATH" in out.stderr and "hunter2" not in out.stdout + out.stderr
+    # The way that works: the job reads the URL from a file on the cluster.
+    ok = vpt_ray("submit", str(SPEC), "--env", "VPT_LEDGER_FILE=/home/ray/.vpt_ray/other_ledger", "--dry-run",
+                 "--address", "https://me:hunter2@jobs.example:8443")  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    request = json.loads(ok.stdout)
+    assert request["runtime_env"]["env_vars"]["VPT_LEDGER_FILE"] == "/home/ray/.vpt_ray/other_ledger"
+    assert request["address"] == "https://me:***@jobs.example:8443" and "hunter2" not in ok.stdout
+
+
 # --------------------------------------------------------------------------------- a real Jobs API server
 
 
@@ -95,11 +119,14 @@ def jobs_api():
         env=env, stdout=open(Path(tmp) / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
+    # The head checks Ray's token (conftest: RAY_AUTH_MODE=token, the session's token file) on HTTP too.
+    token = os.environ.get("RAY_AUTH_TOKEN") or Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    version = urllib.request.Request(f"{address}/api/version", headers={"Authorization": f"Bearer {token}"})
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
+                with urllib.request.urlopen(version, timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
@@ -168,6 +195,23 @@ def test_submit_follow_jobs_and_logs(jobs_api, tmp_path):
 
     duplicate = vpt_ray("submit", "--command", "true", "--job-id", "job-ok", "--address", jobs_api)
     assert duplicate.returncode == 1 and "refused the job" in duplicate.stderr
+
+
+@pytest.mark.slow
+def test_the_jobs_api_refuses_clients_without_the_token(jobs_api, tmp_path):
+    # Ray's token guards the Jobs API (HTTP) as it guards the GCS: no header, no jobs.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{jobs_api}/api/jobs/", timeout=10)
+    assert refused.value.code == 401
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text("0" * 64)
+    for env in ({"RAY_AUTH_TOKEN_PATH": str(wrong)}, {"RAY_AUTH_MODE": "disabled"}):
+        out = vpt_ray("jobs", "--address", jobs_api, env=env)
+        assert out.returncode != 0 and "SUCCEEDED" not in out.stdout, out.stdout + out.stderr
+        assert "refused this client: it needs the cluster's token" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr, out.stderr
+    token = os.environ.get("RAY_AUTH_TOKEN") or Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    assert token not in out.stdout + out.stderr
 
 
 def test_unreachable_jobs_api_says_how_to_reach_it():

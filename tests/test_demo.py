@@ -236,7 +236,7 @@ def test_quick_demo_end_to_end(tmp_path):
     from vpt_ray.ledger import open_ledger
 
     run_dir, ledger = tmp_path / "demo", tmp_path / "ledger.sqlite"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "VPT_RUNS_DIR": str(tmp_path / "runs")}
+    env = {**os.environ, "VPT_RUNS_DIR": str(tmp_path / "runs")}
     cmd = [str(Path(sys.executable).parent / "vpt-ray"), "demo", "--quick", "--run-dir", str(run_dir), "--ledger", str(ledger),
            "--no-progress"]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)

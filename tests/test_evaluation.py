@@ -107,7 +107,7 @@ def test_parse_agent(tiny_checkpoint, tmp_path):
     a = ev.parse_agent(str(tiny_checkpoint), deterministic=True)
     assert a.kind == "policy" and a.deterministic and a.checkpoint == str(tiny_checkpoint.resolve())
     assert a.name == tiny_checkpoint.parent.name  # RUN_DIR/final is named after the run
-    with pytest.raises(ev.EvaluationError, match="not a model checkpoint directory"):
+    with pytest.raises(ev.EvaluationError, match="not a policy checkpoint directory"):
         ev.parse_agent(f"x={tmp_path}")
     (tmp_path / "model.yaml").write_text("kind: idm\naction_space: crafter\nnet: {}\n")
     with pytest.raises(ev.EvaluationError, match=str(tmp_path)):
@@ -212,7 +212,7 @@ def test_bad_agent_for_task(tiny_checkpoint, tmp_path):
     task.pop("rl", None)  # its policy preset would not fit 96x96 either
     task["env"]["frame_size"] = [96, 96]
     other.write_text(yaml.safe_dump(task))
-    with pytest.raises(ev.EvaluationError, match="64x64 frames"):
+    with pytest.raises(ev.EvaluationError, match=r"model.yaml: field 'net.img_shape': the model sees \[64, 64\] frames"):
         ev.evaluate(agent, other, episodes=1, workers=0, progress=False)
     with pytest.raises(ev.EvaluationError, match="episodes must be >= 1"):
         ev.evaluate(agent, "crafter-wood", episodes=0, workers=0, progress=False)
@@ -237,7 +237,7 @@ def test_cli_evaluate(tiny_checkpoint, tmp_path, capsys):
     assert out.with_suffix(".png").stat().st_size > 5000
 
     rc = main(["evaluate", "--task", "crafter-wood", "--agent", f"{tmp_path}", "--workers", "0"])
-    assert rc == 1 and "not a model checkpoint directory" in capsys.readouterr().err
+    assert rc == 1 and "not a policy checkpoint directory" in capsys.readouterr().err
     rc = main(["evaluate", "--task", "crafter-wood", "--agent", "random", "--agent", "random", "--workers", "0"])
     assert rc == 1 and "names must differ" in capsys.readouterr().err
     rc = main(["evaluate", "--task", "no-such-task", "--agent", "random", "--workers", "0"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sqlite3
 import subprocess
 import sys
@@ -323,3 +324,68 @@ def test_locations(tmp_path, monkeypatch):
         open_ledger("http://:pw@host/x")
     with pytest.raises(LedgerError, match="not both"):
         open_ledger("a", path="b")
+
+
+def test_check_location_refuses_malformed_locations_without_opening_anything(tmp_path):
+    from vpt_ray.ledger import check_location
+
+    good = ["redis://:pw@127.0.0.1:6379/0", "rediss://h:6380/2", "redis://h", "redis://[::1]:6379/0",
+            "unix:///run/redis.sock", "sqlite:///tmp/x.sqlite", "ledger.sqlite", "/abs/l.db", "~/l.sqlite3"]  # fmt: skip
+    for location in good:
+        assert check_location(location) == location
+    bad = {
+        "not a url": "must end in .sqlite/.sqlite3/.db",
+        "redis:/127.0.0.1:6379/0": "did you mean redis://",
+        "redis//127.0.0.1": "no ':' after the scheme",
+        "garbage://x": "expected redis://",
+        "redis://:pw@/0": "no host",
+        "redis://h:99999/0": "the port is not a number in 0-65535",
+        "redis://h:6379/zero": "database 'zero' is not a number",
+        "unix://": "needs the socket's path",
+        "sqlite:///tmp/x": "must end in",
+    }
+    for location, message in bad.items():
+        with pytest.raises(LedgerError, match=re.escape(message)) as e:
+            check_location(location)
+        assert "pw" not in str(e.value)
+        with pytest.raises(LedgerError, match=re.escape(message)):
+            open_ledger(location)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_location_can_come_from_a_file(tmp_path, monkeypatch, redis_server):
+    url_file = tmp_path / "ledger_url"
+    url_file.write_text(redis_server.url + "\n")
+    monkeypatch.setenv("VPT_LEDGER", str(tmp_path / "env.sqlite"))  # the file wins over the variable
+    monkeypatch.setenv("VPT_LEDGER_FILE", str(url_file))
+    with open_ledger() as ledger:
+        ledger.register_run("from-file", "rl", {}, "/r")
+        assert redis_server.password not in ledger.location
+    with open_ledger(redis_server.url) as ledger:
+        assert ledger.get_run("from-file") is not None
+    assert not (tmp_path / "env.sqlite").exists()
+    url_file.write_text("")
+    with pytest.raises(LedgerError, match="VPT_LEDGER_FILE .*: expected one line holding the ledger location"):
+        open_ledger()
+    monkeypatch.setenv("VPT_LEDGER_FILE", str(tmp_path / "missing"))
+    with pytest.raises(LedgerError, match="cannot read the ledger location"):
+        open_ledger()
+
+
+def test_opening_without_create_never_initialises_a_file(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    with pytest.raises(LedgerError, match="an empty file, not a SQLite database"):
+        open_ledger(empty, create=False)
+    assert empty.stat().st_size == 0
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE notes (x TEXT)")
+    with pytest.raises(LedgerError, match=r"not a vpt_ray ledger \(tables: \['notes'\]\)"):
+        open_ledger(other, create=False)
+    with sqlite3.connect(other) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["notes"]
+    with open_ledger(empty) as ledger:  # create=True (a writer) makes it a ledger
+        ledger.register_run("a", "rl", {}, "/r")
+    with open_ledger(empty, create=False) as ledger:
+        assert ledger.get_run("a") is not None

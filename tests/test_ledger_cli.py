@@ -116,3 +116,60 @@ def test_unreachable_redis_is_reported_without_the_password(redis_server):
         out = vpt_ray(*args, env=env)
         assert out.returncode == 1 and "unreachable" in out.stderr, out.stderr
         assert redis_server.password not in out.stdout + out.stderr
+
+
+def test_scale_refuses_runs_that_never_read_it_and_counts_above_the_spec(tmp_path):
+    db = str(tmp_path / "ledger.sqlite")
+    with open_ledger(db) as ledger:
+        ledger.register_run("idm-2", "idm", {"model": "crafter-idm-small"}, "/runs/idm-2")
+        ledger.update_run("idm-2", status="running", iteration=3)
+        ledger.register_run("rl-2", "rl", {"name": "crafter-wood", "rl": {"scale": {"env_runners": 8}}}, "/runs/rl-2")
+        ledger.update_run("rl-2", status="running", iteration=1)
+    idm = vpt_ray("scale", "idm-2", "--env-runners", "4", "--ledger", db)
+    assert idm.returncode == 1 and "'idm-2' is a 'idm' run: only RL runs (`vpt-ray rl`) read" in idm.stderr, idm.stderr
+    assert "applied" not in idm.stdout
+    huge = vpt_ray("scale", "rl-2", "--env-runners", "100000", "--ledger", db)
+    assert huge.returncode == 1, huge.stdout
+    assert "--env-runners 100000: above the run's maximum, rl.scale.env_runners = 8" in huge.stderr, huge.stderr
+    assert vpt_ray("scale", "rl-2", "--env-runners", "8", "--ledger", db).returncode == 0
+    with open_ledger(db) as ledger:
+        assert ledger.get_desired_env_runners("idm-2") is None and ledger.get_desired_env_runners("rl-2") == 8
+
+
+@pytest.mark.parametrize("location, message", [
+    ("not a url", "a SQLite file path must end in .sqlite/.sqlite3/.db"),
+    ("redis:/127.0.0.1:6379/0", "a malformed URL (did you mean redis://...?)"),
+    ("redis//127.0.0.1", "a malformed URL (no ':' after the scheme)"),
+    ("redis://:s3cret@127.0.0.1:port/0", "the port is not a number"),
+])  # fmt: skip
+def test_malformed_ledger_locations_are_refused_and_nothing_is_created(tmp_path, location, message):
+    for command in (("status",), ("scale", "rl-1", "--env-runners", "2")):
+        out = subprocess.run([str(Path(sys.executable).parent / "vpt-ray"), *command], capture_output=True, text=True,
+                             env={**os.environ, "VPT_LEDGER": location}, cwd=tmp_path, timeout=60)  # fmt: skip
+        assert out.returncode == 1 and message in out.stderr, out.stderr
+        assert "s3cret" not in out.stderr and "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []  # no relative SQLite file appeared
+
+
+def test_read_only_commands_never_turn_a_file_into_a_ledger(tmp_path):
+    empty, text = tmp_path / "empty.sqlite", tmp_path / "notes.db"
+    empty.touch()
+    text.write_text("not a database\n" * 100)
+    for path, message in ((empty, "an empty file, not a SQLite database"), (text, "not a SQLite database")):
+        before = path.read_bytes()
+        for command in (("status",), ("status", "rl-1"), ("scale", "rl-1", "--env-runners", "2")):
+            out = vpt_ray(*command, "--ledger", str(path))
+            assert out.returncode == 1 and message in out.stderr, out.stderr
+        assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite", "notes.db"]
+
+
+def test_status_into_a_closed_pipe_stops_quietly(tmp_path):
+    db = tmp_path / "ledger.sqlite"
+    with open_ledger(db) as ledger:
+        for i in range(3000):  # more than a pipe buffer of table
+            ledger.register_run(f"run-{i:04d}", "rl", {"name": "crafter-wood"}, f"/runs/run-{i:04d}")
+    script = Path(sys.executable).parent / "vpt-ray"
+    piped = subprocess.run(f"'{script}' status --ledger '{db}' | head -n 2", shell=True, capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert piped.stdout.splitlines()[1].startswith("run-0000")
+    assert "Traceback" not in piped.stderr and "BrokenPipeError" not in piped.stderr, piped.stderr

@@ -298,3 +298,34 @@ def test_real_contractor_data_without_metadata(tmp_path, reference_dir, episode)
     (tmp_path / "mc.jsonl").write_text("".join(json.dumps(s) + "\n" for s in broken))
     with pytest.raises(RecordingError, match=r"mc\.jsonl:5:"):
         read_recording(tmp_path / "mc")
+
+
+def test_a_missing_json_is_named(copy):
+    # Without its .json a recording is read as real MineRL contractor data; our Crafter steps are not that.
+    copy.with_suffix(".json").unlink()
+    with pytest.raises(RecordingError, match=r"ep\.json: missing, so ep was read as MineRL contractor data") as e:
+        read_recording(copy)
+    assert "ep.jsonl:1:" in str(e.value)  # and the first step that does not parse
+
+
+def test_another_videos_mp4_of_the_same_length_is_refused(tmp_path, episode):
+    from vpt_ray.data.recordings import check_video
+    from vpt_ray.data.shards import recording_to_shard
+
+    frames, actions = episode
+    a = _write(tmp_path / "a", frames[:20], actions[:20])
+    _write(tmp_path / "b", frames[20:40], actions[20:40])
+    assert len(a["video_sha256"]) == 64
+    read_recording(tmp_path / "a")
+    check_video(tmp_path / "a")
+    shutil.copy(tmp_path / "b.mp4", tmp_path / "a.mp4")  # same length, same size, other frames
+    with pytest.raises(RecordingError, match=r"a\.mp4: not the video a\.json was recorded with"):
+        read_recording(tmp_path / "a")
+    with pytest.raises(RecordingError, match="field 'video_sha256'"):
+        recording_to_shard(tmp_path / "a", tmp_path / "a.vshard")
+    assert not (tmp_path / "a.vshard").exists()
+    meta = json.loads((tmp_path / "a.json").read_text())
+    meta["video_sha256"] = "not a hash"
+    (tmp_path / "a.json").write_text(json.dumps(meta))
+    with pytest.raises(RecordingError, match=r"a\.json: field 'video_sha256': expected 64 lowercase hex digits"):
+        read_recording(tmp_path / "a")

@@ -130,7 +130,7 @@ def test_scratch_run_killed_then_resumed_in_a_new_process_continues_everything(r
     task = rl_task(env={"max_steps": 16}, context_len=8, checkpoint_every=1, keep_checkpoints=10, rho=0.2,
                    rho_decay=0.9, value_norm_beta=beta)  # fmt: skip
     run_dir = tmp_path / "run"
-    env = {**os.environ, "VPT_LEDGER": str(tmp_path / "ledger.sqlite"), "RAY_AUTH_MODE": "disabled",
+    env = {**os.environ, "VPT_LEDGER": str(tmp_path / "ledger.sqlite"),
            "OMP_NUM_THREADS": "1"}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     cli = [str(Path(sys.executable).with_name("vpt-ray")), "rl"]

@@ -92,3 +92,43 @@ def test_shard_cli(recordings, tmp_path, capsys):
     assert main(["shard", "verify", str(out), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["good"] == 1 and list(report["bad"]) == [str(shard)] and "truncated" in report["bad"][str(shard)]
+
+
+@pytest.mark.parametrize("size", [("0", "0"), ("-4", "64"), ("100000", "100000")])
+def test_shard_convert_refuses_a_bad_frame_size_before_any_work(recordings, tmp_path, capsys, size):
+    root, _ = recordings
+    out = tmp_path / "shards"
+    # --workers 1: the refusal comes before Ray would start.
+    assert main(["shard", "convert", str(root), "--out", str(out), "--frame-size", *size, "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"frame size [{size[0]}, {size[1]}]: expected [height, width], each from 1 to 2048" in err, err
+    assert not out.exists()
+
+
+def test_shard_convert_with_nothing_to_convert_fails(recordings, tmp_path, capsys):
+    root, _ = recordings
+    only_bad = tmp_path / "only-bad"
+    only_bad.mkdir()
+    for suffix in (".mp4", ".jsonl", ".json"):
+        (only_bad / f"broken{suffix}").write_bytes((root / f"broken{suffix}").read_bytes())
+    assert main(["shard", "convert", str(only_bad), "--out", str(tmp_path / "s1")]) == 1
+    out = capsys.readouterr()
+    assert "skipped: " in out.out and f"{only_bad}: all 1 recording(s) are bad; no shards" in out.err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["shard", "convert", str(empty), "--out", str(tmp_path / "s2")]) == 1
+    assert f"{empty}: no labeled recordings found; no shards" in capsys.readouterr().err
+    # Shards already there from an earlier run count: a rerun with nothing new to do succeeds.
+    assert main(["shard", "convert", str(root), "--out", str(tmp_path / "s3")]) == 0
+    assert main(["shard", "convert", str(root), "--out", str(tmp_path / "s3")]) == 0
+
+
+def test_shard_convert_and_record_refuse_an_out_that_is_a_file(recordings, tmp_path, capsys):
+    root, _ = recordings
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    assert main(["shard", "convert", str(root), "--out", str(taken)]) == 2
+    assert f"{taken}: exists and is not a directory" in capsys.readouterr().err
+    assert main(["record", "--task", "crafter-wood", "--episodes", "1", "--out", str(taken), "--workers", "1"]) == 2
+    assert f"--out {taken}: exists and is not a directory" in capsys.readouterr().err
+    assert taken.read_text() == "keep me"

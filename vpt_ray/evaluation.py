@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -123,41 +122,29 @@ def parse_agent(text: str, *, deterministic: bool = False) -> AgentSpec:
     return AgentSpec(name or default, "policy", str(path.resolve()), deterministic)
 
 
-def check_policy_checkpoint(path: str | Path, where: str) -> None:
-    """Refuse (before any work) a directory that is not a policy checkpoint."""
-    from vpt_ray.config import ConfigError, load_config
-    from vpt_ray.models.checkpoint import MODEL_FILE
-    from vpt_ray.models.config import ModelConfig
+def check_policy_checkpoint(path: str | Path, where: str, spec=None) -> None:
+    """Refuse (before any work) a directory that is not a policy checkpoint whose weights load, or (with task
+    ``spec``) one that does not fit the task's env."""
+    from vpt_ray.config import ConfigError
+    from vpt_ray.models.checkpoint import WeightsError, check_checkpoint
 
-    path = Path(path)
-    if not (path / MODEL_FILE).is_file():
-        raise EvaluationError(f"{where}: {path} is not a model checkpoint directory (no {MODEL_FILE})")
+    fits = {}
+    if spec is not None:
+        from vpt_ray.rl.config import ACTION_SPACE_OF_ENV
+
+        fits = {"action_space": ACTION_SPACE_OF_ENV[spec.env.kind], "frame_size": spec.env.frame_size}
     try:
-        config = load_config(ModelConfig, path / MODEL_FILE)
-    except ConfigError as e:
+        check_checkpoint(path, kind="policy", **fits)
+    except (ConfigError, WeightsError) as e:
         raise EvaluationError(f"{where}: {e}") from None
-    if config.kind != "policy":
-        raise EvaluationError(f"{where}: {path} holds a {config.kind!r} model, not a policy")
 
 
-def _check_agent_for_task(agent: AgentSpec, spec) -> None:
+def check_agent_for_task(agent: AgentSpec, spec) -> None:
+    """Refuse an agent that cannot play task ``spec`` (before any worker starts)."""
     if agent.kind == "demonstrator" and spec.env.kind != "crafter":
         raise EvaluationError(f"agent {agent.name!r}: the scripted player plays Crafter only, not {spec.env.kind}")
     if agent.kind == "policy":
-        from vpt_ray.config import load_config
-        from vpt_ray.models.checkpoint import MODEL_FILE
-        from vpt_ray.models.config import ModelConfig
-        from vpt_ray.rl.config import ACTION_SPACE_OF_ENV
-
-        config = load_config(ModelConfig, Path(agent.checkpoint) / MODEL_FILE)
-        want = ACTION_SPACE_OF_ENV[spec.env.kind]
-        if config.action_space != want:
-            raise EvaluationError(f"agent {agent.name!r}: policy acts in the {config.action_space!r} action space, "
-                                  f"task {spec.name!r} needs {want!r}")  # fmt: skip
-        h, w = config.net.img_shape[:2]
-        if (h, w) != tuple(spec.env.frame_size):
-            raise EvaluationError(f"agent {agent.name!r}: policy sees {h}x{w} frames, task {spec.name!r} renders "
-                                  f"{spec.env.frame_size[0]}x{spec.env.frame_size[1]}")  # fmt: skip
+        check_policy_checkpoint(agent.checkpoint, f"agent {agent.name!r} on task {spec.name!r}", spec)
 
 
 # --------------------------------------------------------------------------------------------------- playing
@@ -347,7 +334,7 @@ def evaluate_agents(agents: Sequence[AgentSpec], task: Any, *, episodes: int, se
         raise EvaluationError(f"agent names must differ, got {names}")
     spec = resolve_task(task, max_steps)
     for agent in agents:
-        _check_agent_for_task(agent, spec)
+        check_agent_for_task(agent, spec)
     task_dict = task_to_dict(spec)
     items = list(spec.rewards.item_names)
     # Chunks of one batch each, agent by agent: an actor rarely switches agents, and the tail stays short.
@@ -382,28 +369,13 @@ def evaluate_agents(agents: Sequence[AgentSpec], task: Any, *, episodes: int, se
     return {a.name: summaries[a.name] for a in agents}
 
 
-def connect_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Use the connected Ray cluster, else ``address`` / RAY_ADDRESS, else start a local one of our own
-    (``address="local"``: never one another process on this machine started); True when this call started Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)  # fmt: skip
-    return True
-
-
 def _evaluate_on_ray(chunks: list, task_dict: dict, seed: int, workers: int, envs_per_worker: int,
                      address: str | None, done: Callable) -> None:  # fmt: skip
     import ray
 
-    started = connect_ray(address, num_cpus=workers)
+    from vpt_ray.ray_session import init_ray
+
+    started = init_ray(address, num_cpus=workers, configure_logging=False)
     actor_cls = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(_EvalWorker)
     queue = list(chunks)
     actors = [actor_cls.remote(task_dict, envs_per_worker) for _ in range(min(workers, len(queue)))]
@@ -537,7 +509,7 @@ def plot_item_rates(summaries: Mapping[str, Mapping[str, Any]], out_png: str | P
 
 
 __all__ = [
-    "EVAL_SEED", "AgentSpec", "EvaluationError", "binomial_stderr", "check_policy_checkpoint", "connect_ray",
+    "EVAL_SEED", "AgentSpec", "EvaluationError", "binomial_stderr", "check_agent_for_task", "check_policy_checkpoint",
     "crafter_achievements", "crafter_score", "evaluate", "evaluate_agents", "format_table", "item_rates",
     "parse_agent", "plot_item_rates", "resolve_task", "summarize", "wilson_interval",
 ]

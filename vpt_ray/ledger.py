@@ -4,8 +4,13 @@ Stages are separate Ray jobs; they share state only through files and this ledge
 records:
 
 - **SQLite** (default, ``~/.vpt_ray/ledger.sqlite`` or ``$VPT_LEDGER``): one file, safe for several processes
-  on one machine (WAL journal, busy timeout).
+  on one machine (WAL journal, busy timeout). Its path ends in ``.sqlite``, ``.sqlite3`` or ``.db`` (so a
+  mistyped URL is refused rather than becoming a new database file).
 - **Redis** (``redis://[:PASSWORD@]HOST:PORT/DB``): for a cluster, where jobs run on many nodes.
+
+The location comes from the caller, else the file ``$VPT_LEDGER_FILE`` names (one line holding the location:
+a password stays out of the environment, e.g. of a Ray job's ``runtime_env``), else ``$VPT_LEDGER``, else the
+default file. A malformed location is refused by :func:`check_location` before anything is opened.
 
 Records are field maps with msgpack values, identical on both backends:
 
@@ -44,7 +49,10 @@ import msgpack
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "VPT_LEDGER"
+FILE_ENV_VAR = "VPT_LEDGER_FILE"
 DEFAULT_PATH = Path("~/.vpt_ray/ledger.sqlite")
+SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 RUN_STATUSES = ("pending", "running", "succeeded", "failed", "stopped")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "stopped"})
@@ -129,12 +137,64 @@ def redact_url(url: str) -> str:
 
 
 def default_location() -> str:
-    """``$VPT_LEDGER`` if set, else ``~/.vpt_ray/ledger.sqlite``."""
+    """The contents of the file ``$VPT_LEDGER_FILE`` names, else ``$VPT_LEDGER``, else the default file."""
+    file = os.environ.get(FILE_ENV_VAR)
+    if file:
+        try:
+            location = Path(file).expanduser().read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise LedgerError(f"${FILE_ENV_VAR} {file}: cannot read the ledger location: {e}") from None
+        if not location or "\n" in location:
+            raise LedgerError(f"${FILE_ENV_VAR} {file}: expected one line holding the ledger location")
+        return location
     return os.environ.get(ENV_VAR) or str(DEFAULT_PATH.expanduser())
 
 
 def is_redis_url(location: str) -> bool:
-    return str(location).startswith(("redis://", "rediss://", "unix://"))
+    return str(location).startswith(tuple(f"{s}://" for s in REDIS_SCHEMES))
+
+
+def check_location(location: str | os.PathLike) -> str:
+    """``location`` if it is a well-formed ledger location, else a LedgerError saying what is wrong with it.
+
+    Only the form is checked (nothing is opened or contacted): a Redis URL with a host (or a socket path) and an
+    integer port and database; ``sqlite:///PATH`` or a path ending in one of :data:`SQLITE_SUFFIXES`.
+    """
+    from urllib.parse import urlsplit
+
+    text = str(location)
+    shown = redact_url(text)
+    suffixes = "/".join(SQLITE_SUFFIXES)
+    expected = f"expected redis://[:PASSWORD@]HOST:PORT/DB, sqlite:///PATH or a SQLite file path ending in {suffixes}"
+    if is_redis_url(text):
+        url = urlsplit(text)
+        if url.scheme == "unix":
+            if not url.path:
+                raise LedgerError(f"ledger location {shown!r}: a unix:// URL needs the socket's path")
+            return text
+        if not url.hostname:
+            raise LedgerError(f"ledger location {shown!r}: no host; {expected}")
+        try:
+            url.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+        except ValueError:
+            raise LedgerError(f"ledger location {shown!r}: the port is not a number in 0-65535; {expected}") from None
+        db = url.path.lstrip("/")
+        if db and not db.isdigit():
+            raise LedgerError(f"ledger location {shown!r}: database {db!r} is not a number; {expected}")
+        return text
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):(/{0,2})", text)
+    if scheme and scheme.group(2) != "//" and len(scheme.group(1)) > 1:  # "redis:/h:1/0", "redis:h" (not "C:")
+        raise LedgerError(f"ledger location {shown!r}: a malformed URL (did you mean {scheme.group(1)}://...?); "
+                          f"{expected}")  # fmt: skip
+    if re.match(r"(?:%s|sqlite)//" % "|".join(REDIS_SCHEMES), text):  # "redis//h": the colon is missing
+        raise LedgerError(f"ledger location {shown!r}: a malformed URL (no ':' after the scheme); {expected}")
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///") :]
+    elif "://" in text:
+        raise LedgerError(f"ledger location {shown!r}: {expected}")
+    if not text.endswith(SQLITE_SUFFIXES):
+        raise LedgerError(f"ledger location {shown!r}: a SQLite file path must end in {suffixes}; {expected}")
+    return str(location)
 
 
 def open_ledger(
@@ -148,21 +208,22 @@ def open_ledger(
 ) -> Ledger:
     """Open the ledger at ``url`` (a Redis URL, ``sqlite:///PATH`` or a file path) or SQLite file ``path``.
 
-    With neither, ``$VPT_LEDGER`` or ``~/.vpt_ray/ledger.sqlite``. ``create=False`` refuses to create a missing
-    SQLite file (for read-only commands). ``timeout_s`` is how long one call waits for the backend (Redis socket,
+    With neither, the default location (:func:`default_location`). A ``url`` must pass :func:`check_location`
+    (a ``path`` is a file path as given). ``create=False`` opens only an existing ledger (for commands that
+    read, or change one field of a run): a missing, empty or foreign SQLite file is refused, never initialised. ``timeout_s`` is how long one call waits for the backend (Redis socket,
     SQLite lock held by another process) before it counts as an outage. ``max_pending`` bounds the outage queue; ``retry_interval_s`` is the
     first wait before trying an unreachable backend again (doubling up to 30 s).
     """
     if url is not None and path is not None:
         raise LedgerError("open_ledger: give a url or a path, not both")
     location = str(path if path is not None else url if url is not None else default_location())
+    if path is None:
+        check_location(location)
     if is_redis_url(location):
         backend: _Backend = _RedisBackend(location, timeout_s=timeout_s)
     else:
         if location.startswith("sqlite:///"):
             location = location[len("sqlite:///") :]  # SQLAlchemy style: sqlite:////abs, sqlite:///rel
-        elif "://" in location:
-            raise LedgerError(f"ledger location {redact_url(location)!r}: expected redis://..., sqlite:///... or a path")
         backend = _SQLiteBackend(Path(location).expanduser(), create=create, timeout_s=timeout_s)
     return Ledger(backend, max_pending=max_pending, retry_interval_s=retry_interval_s)
 
@@ -226,6 +287,25 @@ class _Backend:
         pass
 
 
+def _check_is_ledger(path: Path) -> None:
+    """A LedgerError unless ``path`` already is a ledger database; looks without writing (an empty or foreign
+    file must not become a database because a read-only command opened it)."""
+    if path.is_dir():
+        raise LedgerError(f"ledger {path}: a directory, not a SQLite file")
+    if path.stat().st_size == 0:
+        raise LedgerError(f"ledger {path}: an empty file, not a SQLite database")
+    try:
+        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise LedgerError(f"ledger {path}: not a SQLite database ({e})") from None
+    if not {"run_fields", "done"} <= tables:
+        raise LedgerError(f"ledger {path}: a SQLite database, but not a vpt_ray ledger (tables: {sorted(tables)})")
+
+
 class _SQLiteBackend(_Backend):
     def __init__(self, path: Path, create: bool, timeout_s: float):
         self.path = path
@@ -234,6 +314,8 @@ class _SQLiteBackend(_Backend):
             if not create:
                 raise LedgerError(f"no ledger at {path} (nothing has been recorded there yet)")
             path.parent.mkdir(parents=True, exist_ok=True)
+        elif not create:
+            _check_is_ledger(path)
         # busy_timeout makes a writer wait for another process's transaction instead of failing at once; past
         # it the write is queued like any outage.
         self.busy_timeout_ms = int(timeout_s * 1000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> module under vpt_ray.cli; the order is the order of `vpt-ray --help`.
@@ -47,12 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vpt_ray.ray_session import RayConnectError, use_token_auth
+
+    use_token_auth()  # before any subcommand imports Ray: every cluster we start or join checks Ray's token
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except RayConnectError as e:
+        print(f"vpt-ray {args.command}: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`vpt-ray status | head`): stop quietly, and keep Python's shutdown from
+        # failing again on the closed stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

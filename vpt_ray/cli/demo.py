@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vpt_ray.config import ConfigError
     from vpt_ray.demo import DemoError, load_demo_config, plan, resolve, run_demo
+    from vpt_ray.ledger import LedgerError, check_location, default_location
     from vpt_ray.training.config import parse_overrides
 
     preset = args.preset or "default"
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_demo_config(preset, parse_overrides(args.overrides, "--set"))
         resolved = resolve(config)
-    except (ConfigError, ValueError) as e:
+        check_location(args.ledger or default_location())  # malformed: refused; only unreachable: not recorded
+    except (ConfigError, ValueError, LedgerError) as e:
         print(f"vpt-ray demo: {e}", file=sys.stderr)
         return 1
     if args.plan:

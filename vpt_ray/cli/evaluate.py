@@ -35,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from vpt_ray.config import ConfigError
-    from vpt_ray.evaluation import (EVAL_SEED, EvaluationError, connect_ray, evaluate_agents, format_table,
+    from vpt_ray.evaluation import (EVAL_SEED, EvaluationError, check_agent_for_task, evaluate_agents, format_table,
                                     parse_agent, plot_item_rates, resolve_task)  # fmt: skip
+    from vpt_ray.ray_session import init_ray
 
     started = False
     try:
@@ -44,10 +45,12 @@ def run(args: argparse.Namespace) -> int:
         names = [a.name for a in agents]
         if len(set(names)) != len(names):
             raise EvaluationError(f"--agent: names must differ, got {names} (label them NAME=...)")
-        resolve_task(args.task, args.max_steps)  # a bad task or cap is refused before Ray starts
+        spec = resolve_task(args.task, args.max_steps)  # a bad task, cap or agent is refused before Ray starts
+        for agent in agents:
+            check_agent_for_task(agent, spec)
         seed = EVAL_SEED if args.seed is None else args.seed
         if args.workers > 0:
-            started = connect_ray(args.address, num_cpus=args.workers)
+            started = init_ray(args.address, num_cpus=args.workers, configure_logging=False)
         summaries = evaluate_agents(agents, args.task, episodes=args.episodes, seed=seed, workers=args.workers,
                                     envs_per_worker=args.envs_per_worker, max_steps=args.max_steps,
                                     progress=args.progress)  # fmt: skip

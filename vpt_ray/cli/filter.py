@@ -90,9 +90,9 @@ def _options(pairs: list[str]) -> dict:
 
 
 def _init_ray(args) -> bool:
-    from vpt_ray.filter.pipeline import init_ray
+    from vpt_ray.ray_session import init_ray
 
-    return init_ray(args.address, args.num_cpus)
+    return init_ray(args.address, num_cpus=args.num_cpus, configure_logging=False)
 
 
 def _train(args) -> int:

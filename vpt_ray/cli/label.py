@@ -31,22 +31,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")  # fmt: skip
     parser.add_argument("--precision", default="auto", metavar="auto|fp32|bf16",
                         help="the IDM's arithmetic: bf16 autocast or fp32 (default auto: bf16 on GPUs, fp32 on CPUs)")  # fmt: skip
-    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a running local cluster, else a new one)")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a new local cluster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
-    import os
 
     import ray
 
     from vpt_ray.labeling import InputError, LabelJobError, collect_videos, prepare_job, run_labeling
+    from vpt_ray.ledger import LedgerError, check_location
 
     try:
+        if args.ledger is not None:
+            check_location(args.ledger)  # the actors open it on the cluster: refuse a malformed one here
         tasks = collect_videos(args.inputs, args.segments)
-    except InputError as e:
+    except (InputError, LedgerError) as e:
         print(f"vpt-ray label: {e}", file=sys.stderr)
         return 2
     if args.num_actors is not None and args.num_actors <= 0:
@@ -60,11 +62,9 @@ def run(args: argparse.Namespace) -> int:
     except LabelJobError as e:
         print(f"vpt-ray label: {e}", file=sys.stderr)
         return 2
-    started_ray = False
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=args.address, include_dashboard=False, configure_logging=False)
-        started_ray = True
+    from vpt_ray.ray_session import init_ray
+
+    started_ray = init_ray(args.address, configure_logging=False)
     try:
         gpus = args.num_gpus_per_actor
         if gpus is None:

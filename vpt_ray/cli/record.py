@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from vpt_ray.config import ConfigError
     from vpt_ray.data.recordings import VIDEO_PRESETS, record_episodes
     from vpt_ray.spec import load_task
@@ -36,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
     if args.overlays and not args.unlabeled:
         print("vpt-ray record: --overlays needs --unlabeled (contractor recordings are clean)", file=sys.stderr)
+        return 2
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"vpt-ray record: --out {args.out}: exists and is not a directory", file=sys.stderr)
         return 2
     try:
         spec = load_task(args.task)

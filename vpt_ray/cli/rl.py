@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from vpt_ray.config import ConfigError
+    from vpt_ray.ledger import LedgerError, check_location, default_location
     from vpt_ray.models.checkpoint import WeightsError
     from vpt_ray.rl.job import RLJobError, install_sigterm_handler, run_rl
 
@@ -44,6 +45,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.no_kl and not args.init:
         print("vpt-ray rl: --no-kl goes with --init (a run from scratch has no KL term anyway)", file=sys.stderr)
+        return 2
+    if args.iterations is not None and args.iterations < 1:
+        print(f"vpt-ray rl: --iterations must be >= 1, got {args.iterations}", file=sys.stderr)
+        return 2
+    try:
+        # A malformed ledger location is refused here; one that is only unreachable never stops training.
+        check_location(args.ledger or default_location())
+    except LedgerError as e:
+        print(f"vpt-ray rl: --ledger / $VPT_LEDGER: {e}", file=sys.stderr)
         return 2
     install_sigterm_handler()
     try:

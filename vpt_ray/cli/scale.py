@@ -29,6 +29,14 @@ def run(args: argparse.Namespace) -> int:
                 raise LedgerError(f"no run {args.run!r} in ledger {ledger.location}")
             if record.status in TERMINAL_STATUSES:
                 raise LedgerError(f"run {args.run!r} has {record.status}; there is nothing to scale")
+            if record.kind != "rl":
+                raise LedgerError(f"run {args.run!r} is a {record.kind!r} run: only RL runs (`vpt-ray rl`) read the "
+                                  "env-runner count, so nothing would apply the change")  # fmt: skip
+            most = ((record.spec.get("rl") or {}).get("scale") or {}).get("env_runners")
+            if isinstance(most, int) and args.env_runners > most:
+                raise LedgerError(f"--env-runners {args.env_runners}: above the run's maximum, rl.scale.env_runners = "
+                                  f"{most} in its spec (the job would use {most}); give 1 to {most}, or start a run "
+                                  "from a spec with a larger maximum")  # fmt: skip
             ledger.set_desired_env_runners(args.run, args.env_runners)
             # A short-lived command cannot keep an outage queue alive: succeed only if the write is stored.
             if ledger.flush():

@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("--overwrite", action="store_true", help="rewrite shards that already exist")
     convert.add_argument("--workers", type=int, default=0,
                          help="convert in this many Ray tasks at once (default 0: in this process)")  # fmt: skip
-    convert.add_argument("--address", help="Ray cluster address with --workers (default: $RAY_ADDRESS, a running "
-                                           "local cluster, or a new one)")  # fmt: skip
+    convert.add_argument("--address", help="Ray cluster address with --workers (default: $RAY_ADDRESS, else a "
+                                           "new local cluster)")  # fmt: skip
     convert.add_argument("--json", action="store_true", help="print the summary as JSON")
     verify = sub.add_parser("verify", help="read every record of the shards; report (and count) the bad ones")
     verify.add_argument("paths", nargs="+", help="shard files or directories")
@@ -33,19 +33,22 @@ def run(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     import dataclasses
-    import os
 
     from vpt_ray.data.recordings import RecordingError
-    from vpt_ray.data.shards import recordings_to_shards
+    from vpt_ray.data.shards import check_conversion, recordings_to_shards
 
+    try:
+        check_conversion(args.recordings, args.out, args.frame_size)  # before Ray starts
+    except ValueError as e:
+        print(f"vpt-ray shard convert: {e}", file=sys.stderr)
+        return 2
     started_ray = False
     if args.workers > 0:
         import ray
 
-        if not ray.is_initialized():
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(address=args.address, include_dashboard=False, configure_logging=False)
-            started_ray = True
+        from vpt_ray.ray_session import init_ray
+
+        started_ray = init_ray(args.address, configure_logging=False)
     try:
         summary = recordings_to_shards(args.recordings, args.out, frame_size=args.frame_size, overwrite=args.overwrite,
                                        workers=args.workers, progress=not args.json)  # fmt: skip
@@ -62,6 +65,10 @@ def _convert(args: argparse.Namespace) -> int:
               f"existing, skipped {len(summary.bad)} bad recording(s) -> {args.out}")  # fmt: skip
         for error in summary.bad.values():
             print(f"  skipped: {error}")
+    if not (summary.written or summary.existing):
+        what = f"all {len(summary.bad)} recording(s) are bad" if summary.bad else "no labeled recordings found"
+        print(f"vpt-ray shard convert: {args.recordings}: {what}; no shards", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -20,6 +20,14 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # The spec travels with the job under this name, in a working_dir of its own.
 SHIPPED_TASK = "task.yaml"
 DEFAULT_COMMAND = "vpt-ray rl --task {task}"
+# Environment variables whose values are secrets by their name.
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|CREDENTIAL", re.IGNORECASE)
+SECRET_ADVICE = (
+    "a job's runtime_env and entrypoint are readable by every client of the Jobs API (`vpt-ray jobs --json`, "
+    "the dashboard) and kept with the job: keep secrets in a file on the cluster that the job reads instead "
+    "(the cluster's jobs already have VPT_LEDGER; for another ledger, --env VPT_LEDGER_FILE=PATH names a file "
+    "holding its URL; cluster/README.md)"
+)
 
 
 def add_address_argument(parser: argparse.ArgumentParser) -> None:
@@ -40,14 +48,23 @@ def resolve_address(address: str | None) -> str:
 
 def job_client(address: str | None):
     """A JobSubmissionClient, or SystemExit with a message saying how to reach the cluster."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
+
+    from vpt_ray.ledger import redact_url
+    from vpt_ray.ray_session import TOKEN_SOURCES
 
     url = resolve_address(address)
     try:
         return JobSubmissionClient(url)
+    except AuthenticationError:
+        raise SystemExit(
+            f"vpt-ray: the Ray Jobs API at {redact_url(url)} refused this client: it needs the cluster's token in "
+            f"{TOKEN_SOURCES}, and RAY_AUTH_MODE=token or unset (cluster/README.md: the token)"
+        ) from None
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise SystemExit(
-            f"vpt-ray: cannot reach the Ray Jobs API at {url}: {e}\n"
+            f"vpt-ray: cannot reach the Ray Jobs API at {redact_url(url)}: {redact_url(str(e))}\n"
             "  a cluster: keep `ray dashboard cluster/vpt.yaml` running (it forwards 127.0.0.1:8265)\n"
             "  locally:   `ray start --head` (the dashboard serves the Jobs API)"
         ) from None
@@ -80,15 +97,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_request(args: argparse.Namespace, staging: Path) -> dict:
-    """The JobSubmissionClient.submit_job keyword arguments; refuses bad input before anything is sent."""
+    """The JobSubmissionClient.submit_job keyword arguments; refuses bad input (and secrets, which the Jobs API
+    would show to anyone who lists jobs) before anything is sent."""
+    from vpt_ray.ledger import redact_url
+
     if args.spec is None and args.command is None:
         raise SystemExit("vpt-ray submit: give a task SPEC, or a --command to run")
     env_vars = {}
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise SystemExit(f"vpt-ray submit: --env {item!r}: expected KEY=VALUE")
+            raise SystemExit(f"vpt-ray submit: --env {redact_url(item)!r}: expected KEY=VALUE")
+        if redact_url(value) != value or SECRET_NAME.search(key):
+            what = "a URL with a password" if redact_url(value) != value else "a secret (by its name)"
+            raise SystemExit(f"vpt-ray submit: --env {key}: its value is {what}; {SECRET_ADVICE}")
         env_vars[key] = value
+    if args.command is not None and redact_url(args.command) != args.command:
+        raise SystemExit(f"vpt-ray submit: --command {redact_url(args.command)!r} holds a URL with a password; "
+                         f"{SECRET_ADVICE}")  # fmt: skip
     runtime_env: dict = {}
     command = args.command or DEFAULT_COMMAND
     name = "job"
@@ -140,10 +166,12 @@ def build_request(args: argparse.Namespace, staging: Path) -> dict:
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
+    from vpt_ray.ledger import redact_url
+
     with tempfile.TemporaryDirectory(prefix="vpt-submit-") as tmp:
         request = build_request(args, Path(tmp) / "job")
         if args.dry_run:
-            print(json.dumps({**request, "address": resolve_address(args.address)}, indent=2))
+            print(json.dumps({**request, "address": redact_url(resolve_address(args.address))}, indent=2))
             return 0
         client = job_client(args.address)
         try:

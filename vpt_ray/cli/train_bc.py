@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vpt_ray.training.cli import add_common_arguments, overrides_from_args, print_result
+from vpt_ray.training.cli import add_common_arguments, load_recipe_for, overrides_from_args, print_result
 
 HELP = (
     "Behavioral cloning on labeled shards (Ray Train): Transformer-XL memory across consecutive chunks, null-run "
@@ -30,10 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vpt_ray.bc.config import BCTrainConfig
     from vpt_ray.bc.train import train_bc
     from vpt_ray.config import ConfigError
-    from vpt_ray.training.config import load_recipe, merge
+    from vpt_ray.training.config import merge
     from vpt_ray.training.data import DataError
     from vpt_ray.training.job import TrainJobError
 
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             overrides = merge(overrides, {"null_filter": {"min_run": args.null_min_run}})
         if args.keep_nulls:
             overrides = merge(overrides, {"null_filter": {"enabled": False}})
-        cfg = load_recipe(BCTrainConfig, args.recipe, overrides)
+        cfg = load_recipe_for("train-bc", args.recipe, overrides)
         if args.export_official is not None and _action_space(cfg) != "minecraft":
             raise ConfigError("--export-official: the released format has only the minecraft action space")
         metrics, final = train_bc(cfg, args.data, args.out, val_data=args.val_data, address=args.address)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vpt_ray.training.cli import add_common_arguments, overrides_from_args, print_result
+from vpt_ray.training.cli import add_common_arguments, load_recipe_for, overrides_from_args, print_result
 
 HELP = (
     "Train an inverse dynamics model on labeled shards (Ray Train): clip-consistent augmentation, per-head NLL, "
@@ -21,9 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vpt_ray.config import ConfigError
-    from vpt_ray.idm.config import IDMTrainConfig
     from vpt_ray.idm.train import train_idm
-    from vpt_ray.training.config import load_recipe, merge
+    from vpt_ray.training.config import merge
     from vpt_ray.training.data import DataError
     from vpt_ray.training.job import TrainJobError
 
@@ -33,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
             overrides = merge(overrides, {"clip_len": args.clip_len})
         if args.no_augment:
             overrides = merge(overrides, {"augment": {"enabled": False}})
-        cfg = load_recipe(IDMTrainConfig, args.recipe, overrides)
+        cfg = load_recipe_for("train-idm", args.recipe, overrides)
         metrics, final = train_idm(cfg, args.data, args.out, val_data=args.val_data, address=args.address)
     except (ConfigError, DataError, TrainJobError) as e:
         print(f"vpt-ray train-idm: {e}", file=sys.stderr)

@@ -10,7 +10,8 @@ One episode is three files sharing a stem (VPT's contractor layout, method doc Â
   Minecraft steps are real contractor steps (``keyboard``, ``mouse``, ``hotbar``, ...; converted with
   :mod:`vpt_ray.actions.contractor`);
 * ``<stem>.json`` â€” metadata: ``format_version``, ``task``, ``env``, ``seed``, ``frame_size`` [H, W],
-  ``n_frames``, ``fps``, ``labeled``, ``action_space``, ``agent``, the web-style ``title`` / ``description`` the
+  ``n_frames``, ``fps``, ``labeled``, ``action_space``, ``video_sha256`` (the hash of ``<stem>.mp4``: another
+  episode's video swapped in is refused, even one of the same length), ``agent``, the web-style ``title`` / ``description`` the
   metadata filters read, ``video`` (codec settings), ``episode`` (length, return, items) and ``ground_truth``:
   per-frame classes as run-length ``segments`` (``clean`` gameplay, gameplay with ``artifacts`` such as a
   face-cam, ``none`` of the above such as an intro card), the ``clean_segments`` ([start, end) frame ranges),
@@ -25,6 +26,7 @@ Minecraft actions). Anything wrong raises :class:`RecordingError` naming the fil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -161,6 +163,7 @@ class RecordingWriter:
             "fps": self.fps,
             "labeled": self.labeled,
             "video": asdict(self.video),
+            "video_sha256": _sha256(self._tmp[VIDEO_SUFFIX]),
         }
         validate_meta(full, _file(self.stem, META_SUFFIX))
         self._tmp[META_SUFFIX].write_text(json.dumps(full, indent=1))
@@ -236,6 +239,9 @@ def validate_meta(meta: Any, where: Path) -> dict[str, Any]:
         raise fail("labeled", f"expected true/false, got {meta['labeled']!r}")
     if meta["action_space"] not in ACTION_SPACES:
         raise fail("action_space", f"expected one of {list(ACTION_SPACES)}, got {meta['action_space']!r}")
+    digest = meta.get("video_sha256")
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")):
+        raise fail("video_sha256", f"expected 64 lowercase hex digits, got {digest!r}")
     truth = meta.get("ground_truth")
     if truth is not None:
         expected = 0
@@ -267,6 +273,30 @@ def read_meta(stem: str | os.PathLike) -> dict[str, Any]:
     n_frames = len(_read_lines(_file(stem, ACTIONS_SUFFIX))) if labeled else _count_frames(video)
     return {"format_version": FORMAT_VERSION, "frame_size": [height, width], "n_frames": n_frames, "fps": fps,
             "labeled": labeled, "action_space": "minecraft", "inferred": True}  # fmt: skip
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_video(stem: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> None:
+    """The video must be the one the metadata was written with (``video_sha256``; recordings made before the
+    field existed, and real contractor data without a ``.json``, have none to check)."""
+    stem = stem_of(stem)
+    meta = read_meta(stem) if meta is None else meta
+    expected = meta.get("video_sha256")
+    if expected is None:
+        return
+    video = _file(stem, VIDEO_SUFFIX)
+    if not video.is_file():
+        raise RecordingError(f"{video}: missing (every recording needs its video)")
+    if _sha256(video) != expected:
+        raise RecordingError(f"{video}: not the video {_file(stem, META_SUFFIX).name} was recorded with (its SHA-256 "
+                             "differs from field 'video_sha256'): swapped, truncated or changed after recording")  # fmt: skip
 
 
 def _probe(video: Path) -> tuple[int, int, float]:
@@ -404,7 +434,13 @@ def read_labels(
     if len(steps) != meta["n_frames"]:
         raise RecordingError(f"{path}: {len(steps)} lines, but the video has {meta['n_frames']} frames "
                              "(one line per frame)")  # fmt: skip
-    actions, null = steps_to_env_arrays(steps, meta["action_space"], path)
+    try:
+        actions, null = steps_to_env_arrays(steps, meta["action_space"], path)
+    except RecordingError as e:
+        if meta.get("inferred"):  # no .json: read as real contractor data, which these steps are not
+            raise RecordingError(f"{_file(stem, META_SUFFIX)}: missing, so {stem.name} was read as MineRL "
+                                 f"contractor data (no metadata), and its actions do not parse as such: {e}") from None
+        raise
     return steps, actions, null
 
 
@@ -437,11 +473,13 @@ def _slice(actions: dict[str, np.ndarray] | None, a: int, b: int) -> dict[str, n
 
 
 def read_recording(stem: str | os.PathLike) -> Recording:
-    """A whole recording in memory, validated: frame count, frame size, one parseable jsonl line per frame."""
+    """A whole recording in memory, validated: the video's hash, frame count, frame size, one parseable jsonl line
+    per frame."""
     stem = stem_of(stem)
     meta = read_meta(stem)
     steps, actions, null = read_labels(stem, meta)
-    frames = list(iter_frames(stem))
+    frames = list(iter_frames(stem))  # (decode errors first: they say more about a damaged file than the hash)
+    check_video(stem, meta)
     h, w = meta["frame_size"]
     frames_thwc = np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
     return Recording(stem=stem, meta=meta, frames_thwc=frames_thwc, actions=actions, null=null, steps=steps)
@@ -619,6 +657,8 @@ def record_episodes(
 
     spec = task if isinstance(task, TaskSpec) else load_task(task)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RecordingError(f"{out_dir}: exists and is not a directory (the recordings' output directory)")
     out_dir.mkdir(parents=True, exist_ok=True)
     todo, existing = [], []
     for i in range(episodes):
@@ -658,13 +698,10 @@ def record_episodes(
 def _record_with_ray(spec, todo, workers: int, kwargs: dict[str, Any], done) -> None:
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        # address="local": a cluster of our own, never a stray one another process left on this machine; it
-        # listens on loopback only, so it runs without token auth (Ray 2.60 turns it on by default).
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, configure_logging=False,
-                 object_store_memory=256 * 1024**2)  # fmt: skip
+    from vpt_ray.ray_session import init_ray
+
+    # A local cluster of our own (never a stray one another process left on this machine), token auth on.
+    started = init_ray("local", num_cpus=workers, configure_logging=False, object_store_memory=256 * 1024**2)
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(record_episode)
         queue = list(todo)

@@ -52,6 +52,9 @@ SHARD_SUFFIX = ".vshard"
 TRAILER = struct.Struct("<Q8s")
 TRAILER_MAGIC = b"VSHARD01"
 DEFAULT_RECORD_FRAMES = 256
+# The largest frame side a conversion resizes to: a record of DEFAULT_RECORD_FRAMES frames is held in memory
+# (2048 x 2048: 3 GiB), and VPT's models see 128 x 128.
+MAX_FRAME_SIDE = 2048
 
 # Canonical dtypes of the stored env arrays (interfaces.md, "Env arrays").
 ENV_ARRAY_DTYPES: dict[str, dict[str, np.dtype]] = {
@@ -821,6 +824,7 @@ def recording_to_shard(stem: str | os.PathLike, shard: str | os.PathLike, *, epi
     meta = rec.read_meta(stem)
     if not meta["labeled"]:
         raise rec.RecordingError(f"{stem}: not a labeled recording (no actions to train on)")
+    rec.check_video(stem, meta)
     _, actions, null = rec.read_labels(stem, meta)
     n = meta["n_frames"]
     if n == 0:
@@ -876,6 +880,20 @@ class ConversionSummary:
     frames: int = 0
 
 
+def check_conversion(recording_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                     frame_size: Sequence[int] | None = None) -> None:  # fmt: skip
+    """Refuse a conversion's arguments before any work: ``frame_size`` [H, W] each from 1 to
+    :data:`MAX_FRAME_SIDE`, ``out_dir`` a directory or nothing yet, ``recording_dir`` a directory."""
+    if frame_size is not None:
+        size = list(frame_size)
+        if len(size) != 2 or not all(type(v) is int and 1 <= v <= MAX_FRAME_SIDE for v in size):
+            raise ValueError(f"frame size {size}: expected [height, width], each from 1 to {MAX_FRAME_SIDE}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a directory (the shards' output directory)")
+    if not Path(recording_dir).is_dir():
+        raise ValueError(f"{recording_dir}: not a directory of recordings")
+
+
 def recordings_to_shards(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                          frame_size: Sequence[int] | None = None, overwrite: bool = False, workers: int = 0,
                          max_record_frames: int = DEFAULT_RECORD_FRAMES, progress: bool = False) -> ConversionSummary:  # fmt: skip
@@ -884,11 +902,13 @@ def recordings_to_shards(recording_dir: str | os.PathLike, out_dir: str | os.Pat
     Shards already present are kept (rerun after an interruption converts the rest) unless ``overwrite``. Bad
     recordings are skipped and reported in ``bad`` (stem -> error). ``workers`` > 0 converts in that many
     Ray tasks at once (on the connected cluster; Ray starts a local one if none is); 0 converts in this process.
+    The arguments are checked first (:func:`check_conversion`: ValueError).
     """
     from tqdm import tqdm
 
     from vpt_ray.data.recordings import iter_recordings
 
+    check_conversion(recording_dir, out_dir, frame_size)
     recording_dir, out_dir = Path(recording_dir), Path(out_dir)
     summary = ConversionSummary()
     todo = []

@@ -173,15 +173,15 @@ def run_demo(config: DemoConfig, run_dir: str | Path, *, preset: str = "", ledge
             statuses[stage.name] = "running"
             book("update_run", run_id, iteration=i - 1, metrics={"stages": statuses, "seconds": seconds})
             if stage.needs_ray and not ray.is_initialized():
-                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                from vpt_ray.ray_session import init_ray
+
                 # Serve would print one access-log line per KL-target request of the RL stages; its logs still go
                 # to the session's log files.
                 os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
-                # A cluster of our own on loopback (never one another process on this machine started), no
-                # dashboard (it costs ~1 GiB); every stage's workload runs on it.
-                ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count(), include_dashboard=False,
-                         object_store_memory=768 * 1024**2, configure_logging=False)  # fmt: skip
-                started_ray = True
+                # A local cluster of our own (never one another process on this machine started; token auth on),
+                # no dashboard (it costs ~1 GiB); every stage's workload runs on it.
+                started_ray = init_ray("local", num_cpus=config.num_cpus or os.cpu_count(),
+                                       object_store_memory=768 * 1024**2, configure_logging=False)  # fmt: skip
             _prepare_stage_dir(run_dir, stage.name, hashes[stage.name])
             ctx = StageContext(resolved, run_dir, run_dir / stage.name, outputs, ledger, run_id, progress)
             t0 = time.perf_counter()

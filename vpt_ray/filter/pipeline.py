@@ -143,26 +143,6 @@ def summarize(results: Iterable[VideoResult | dict[str, Any]]) -> dict[str, Any]
     }
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Connect to ``address`` (or RAY_ADDRESS), else start a Ray of our own on this machine (never silently join
-    another job's local cluster); returns whether it started Ray (then the caller shuts it down)."""
-    import os
-
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # a local cluster listens on loopback only: it runs without token auth (Ray 2.60 turns it on by default)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)  # fmt: skip
-    return True
-
-
 def _remote_filter(path: str, classifier: FrameClassifier, cfg: FilterConfig, meta: dict | None) -> VideoResult:
     import os
 
@@ -187,7 +167,9 @@ def filter_videos(
     import ray
     from tqdm import tqdm
 
-    init_ray()
+    from vpt_ray.ray_session import init_ray
+
+    init_ray(configure_logging=False)
     task = ray.remote(num_cpus=1)(_remote_filter)
     classifier_ref = ray.put(classifier)
     cfg_ref = ray.put(cfg)

@@ -106,9 +106,9 @@ def embed_selection(
     import ray
     from tqdm import tqdm
 
-    from vpt_ray.filter.pipeline import init_ray
+    from vpt_ray.ray_session import init_ray
 
-    init_ray()
+    init_ray(configure_logging=False)
     task = ray.remote(num_cpus=1)(_embed_video)
     emb_ref = ray.put(embedding)
     refs = {task.remote(videos[v].video, idx, emb_ref, batch_size, mirror): v for v, idx in selection.items()}

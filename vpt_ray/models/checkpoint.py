@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from vpt_ray.config import load_config, to_dict
+from vpt_ray.config import ConfigError, load_config, to_dict
 from vpt_ray.models.config import ModelConfig
 from vpt_ray.models.idm import InverseDynamicsModel
 from vpt_ray.models.policy import AUX_VALUE_HEAD, VPTPolicy
@@ -31,6 +31,13 @@ def load_state_strict(model: VPTPolicy | InverseDynamicsModel, state_dict, where
 
     A policy whose weights carry an auxiliary value head (saved after ``reset_value_heads_for_rl``) gets one.
     """
+    _check_fit(model, state_dict, where)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _check_fit(model: VPTPolicy | InverseDynamicsModel, state_dict, where: str) -> None:
+    """A WeightsError naming every missing, unexpected or mis-shaped entry of ``state_dict`` for ``model`` (which
+    gets an auxiliary value head when the weights carry one)."""
     if not isinstance(state_dict, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
     ):
@@ -55,17 +62,51 @@ def load_state_strict(model: VPTPolicy | InverseDynamicsModel, state_dict, where
         problems.append(f"shape mismatch {shapes}")
     if problems:
         raise WeightsError(f"{where}: weights do not fit the model: " + "; ".join(problems))
-    model.load_state_dict(state_dict, strict=True)
 
 
-def read_weights(path: str | Path):
+def read_weights(path: str | Path, mmap: bool = False):
+    """The state dict in ``path`` (``weights_only``: never unpickles code); ``mmap`` maps the tensors' data
+    instead of reading it (for checks of names and shapes)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError or zipfile errors for bad files
-        raise WeightsError(f"{path}: not a loadable weights file (weights_only): {e}") from None
+        raise WeightsError(f"{path}: not a loadable weights file (truncated or not saved by torch.save; "
+                           f"weights_only): {e}") from None  # fmt: skip
+
+
+def check_checkpoint(directory: str | Path, *, kind: str, action_space: str | None = None,
+                     frame_size: tuple[int, int] | None = None) -> ModelConfig:  # fmt: skip
+    """Refuse, before anything is built or started, a checkpoint directory that cannot serve as a ``kind`` model
+    for an env with ``action_space`` and ``frame_size`` (H, W); returns its config.
+
+    ``model.yaml`` must load (ConfigError naming the file and field) and match; ``weights.pt`` must hold exactly
+    the model's parameters with their shapes (WeightsError). The weights are memory-mapped and compared with a
+    model built on the meta device, so checking even the largest preset allocates no parameters.
+    """
+    directory = Path(directory)
+    names = {"policy": "a policy", "idm": "an inverse dynamics model"}
+    if not (directory / MODEL_FILE).is_file():
+        what = "no such directory" if not directory.exists() else f"no {MODEL_FILE} there"
+        raise ConfigError(f"{directory}: not {names.get(kind, 'a model')} checkpoint directory ({MODEL_FILE} + "
+                          f"{WEIGHTS_FILE}): {what}")  # fmt: skip
+    where = directory / MODEL_FILE
+    config = load_config(ModelConfig, where)
+    if config.kind != kind:
+        raise ConfigError(f"{where}: field 'kind': this checkpoint holds {names.get(config.kind, repr(config.kind))} "
+                          f"({config.kind!r}), {names.get(kind, repr(kind))} is needed here")  # fmt: skip
+    if action_space is not None and config.action_space != action_space:
+        raise ConfigError(f"{where}: field 'action_space': the model acts in the {config.action_space!r} action "
+                          f"space, this task's env needs {action_space!r}")  # fmt: skip
+    if frame_size is not None and tuple(config.net.img_shape[:2]) != tuple(frame_size):
+        raise ConfigError(f"{where}: field 'net.img_shape': the model sees {list(config.net.img_shape[:2])} "
+                          f"frames, this task's env renders {list(frame_size)}")  # fmt: skip
+    with torch.device("meta"):
+        model = build_model(config)
+    _check_fit(model, read_weights(directory / WEIGHTS_FILE, mmap=True), str(directory / WEIGHTS_FILE))
+    return config
 
 
 def atomic_write(path: Path, write) -> None:

@@ -3,7 +3,9 @@
 Run directory (default ``$VPT_RUNS_DIR/<run id>``, else ``~/runs/<run id>``)::
 
     RUN_DIR/task.yaml                    the task spec the run trains with (rl: section included, as resolved)
-    RUN_DIR/run.json                     run id, initial checkpoint, KL on/off: what --resume needs
+    RUN_DIR/run.json                     run id, initial checkpoint, KL on/off: what --resume needs (exactly
+                                         these fields: a directory whose run.json `vpt-ray rl` did not write is
+                                         not resumed)
     RUN_DIR/checkpoints/iteration_<n>/   algorithm checkpoints (weights, optimizer, normaliser, rho, counters)
     RUN_DIR/tensorboard/                 scalars per iteration + item-progression charts (vpt_ray.rl.metrics)
     RUN_DIR/progress.jsonl               the same scalars, one JSON line per iteration
@@ -44,6 +46,10 @@ CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 PROGRESS_FILE = "progress.jsonl"
 FINAL_DIR = "final"
+# The fields of run.json, each with what it holds. Resuming restores RLlib checkpoints, which unpickle their
+# state, so a run directory is trusted like code: --resume refuses a directory whose run.json is not exactly what
+# `vpt-ray rl` writes.
+RUN_FIELDS = {"run_id": "a run id", "init": "a checkpoint path or null", "kl": "true or false"}
 RUNS_DIR_ENV = "VPT_RUNS_DIR"
 RUN_ID_ENV = "VPT_RUN_ID"
 # The headline numbers stored in the ledger each iteration (`vpt-ray status` shows them).
@@ -64,9 +70,12 @@ def checkpoint_dir(run_dir: Path, iteration: int) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (one is complete once RLlib wrote its metadata file)."""
+    """Complete checkpoints, oldest first: holding RLlib's metadata file and renamed from their temporary ``.tmp``
+    name (_save_checkpoint renames one only once RLlib has written all of it; a job killed while saving leaves the
+    ``.tmp``, metadata file and all, and a resume must not restore it)."""
     root = Path(run_dir) / CHECKPOINTS_DIR
-    done = [p for p in root.glob("iteration_*") if (p / "rllib_checkpoint.json").is_file()] if root.is_dir() else []
+    done = [p for p in root.glob("iteration_*") if p.name.removeprefix("iteration_").isdigit()
+            and (p / "rllib_checkpoint.json").is_file()] if root.is_dir() else []  # fmt: skip
     return sorted(done)
 
 
@@ -88,20 +97,39 @@ def initial_env_runners(task: TaskSpec, kl: bool) -> int:
     return max(1, min(scale.env_runners, free_env_runner_slots(demand, free, ray.cluster_resources())))
 
 
+def _check_init(init: Path, spec: TaskSpec, flag: str) -> None:
+    """The initial checkpoint must be a policy for this task's env (action space, frame size) whose weights
+    load: checked before Ray starts or anything is written."""
+    from vpt_ray.models.checkpoint import WeightsError, check_checkpoint
+    from vpt_ray.rl.config import ACTION_SPACE_OF_ENV
+
+    try:
+        check_checkpoint(init, kind="policy", action_space=ACTION_SPACE_OF_ENV[spec.env.kind],
+                         frame_size=spec.env.frame_size)  # fmt: skip
+    except (ConfigError, WeightsError) as e:
+        raise RLJobError(f"{flag} {init}: cannot start task {spec.name!r} from it: {e}") from None
+
+
 def _prepare_new_run(task: str | Path | TaskSpec, out: Path | None, init: str | Path | None, kl: bool,
                      run_id: str | None) -> tuple[Path, TaskSpec, dict[str, Any]]:  # fmt: skip
+    """Validate everything a new run starts from, then (only then) write its run directory."""
     spec = load_task(task)
     if spec.rl is None:
         raise ConfigError(f"task {spec.name!r} has no 'rl:' section: `vpt-ray rl` needs its PPG hyperparameters")
     if init is not None:
         init = Path(init).resolve()
-        if not (init / "model.yaml").is_file():
-            raise RLJobError(f"--init {init}: not a policy checkpoint directory (model.yaml + weights.pt)")
+        _check_init(init, spec, "--init")
     run_id = run_id or os.environ.get(RUN_ID_ENV) or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     run_dir = Path(out) if out is not None else default_run_dir(run_id)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RLJobError(f"--out {run_dir}: exists and is not a directory")
     if (run_dir / RUN_FILE).is_file():
-        raise RLJobError(f"{run_dir} already holds a run: continue it with `vpt-ray rl --resume {run_dir}`, or "
-                         "choose another --out")  # fmt: skip
+        # A start that failed before its first iteration (Ray unreachable, interrupted) trained nothing: the
+        # corrected command starts over in place. One that trained is continued with --resume, never overwritten.
+        if list_checkpoints(run_dir) or (run_dir / PROGRESS_FILE).is_file():
+            raise RLJobError(f"{run_dir} already holds a run: continue it with `vpt-ray rl --resume {run_dir}`, or "
+                             "choose another --out")  # fmt: skip
+        logger.warning("%s holds a start that never trained: starting over there", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {"run_id": run_id, "init": None if init is None else str(init), "kl": bool(kl and init is not None)}
     (run_dir / TASK_FILE).write_text(yaml.safe_dump(task_to_dict(spec), sort_keys=False))
@@ -110,10 +138,29 @@ def _prepare_new_run(task: str | Path | TaskSpec, out: Path | None, init: str | 
 
 
 def _load_run(run_dir: Path) -> tuple[TaskSpec, dict[str, Any]]:
-    if not (run_dir / RUN_FILE).is_file():
+    """The task and run.json of a run directory `vpt-ray rl` wrote (and nothing else: see RUN_FIELDS), with its
+    initial checkpoint checked again; refused before Ray starts."""
+    path = run_dir / RUN_FILE
+    if not path.is_file():
         raise RLJobError(f"--resume {run_dir}: no {RUN_FILE} there (not an RL run directory)")
-    meta = json.loads((run_dir / RUN_FILE).read_text())
-    return load_task(run_dir / TASK_FILE), meta
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RLJobError(f"--resume {path}: not valid JSON ({e})") from None
+    valid = isinstance(meta, dict) and set(meta) == set(RUN_FIELDS) and (
+        isinstance(meta["run_id"], str) and meta["run_id"] and isinstance(meta["kl"], bool)
+        and (meta["init"] is None or isinstance(meta["init"], str)))  # fmt: skip
+    if not valid:
+        fields = ", ".join(f"{k} ({v})" for k, v in RUN_FIELDS.items())
+        raise RLJobError(f"--resume {run_dir}: {RUN_FILE} was not written by `vpt-ray rl` (it holds exactly {fields}), "
+                         "so the directory is not resumed: resuming restores RLlib checkpoints, which unpickle "
+                         "their state, so a run directory is trusted like code (README: Security)")  # fmt: skip
+    spec = load_task(run_dir / TASK_FILE)
+    if spec.rl is None:
+        raise ConfigError(f"--resume {run_dir / TASK_FILE}: task {spec.name!r} has no 'rl:' section")
+    if meta["init"] is not None:
+        _check_init(Path(meta["init"]), spec, f"--resume {run_dir}: its initial checkpoint")
+    return spec, meta
 
 
 def _open_ledger(location: str | None):

@@ -69,6 +69,29 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return merge(out, named)
 
 
+def load_recipe_for(command: str, recipe: str, overrides: dict[str, Any]):
+    """The recipe as the config of ``command`` (``train-idm`` or ``train-bc``). A recipe of the other command
+    is refused as such, not by its first field this command does not know."""
+    from vpt_ray.bc.config import BCTrainConfig
+    from vpt_ray.config import ConfigError
+    from vpt_ray.idm.config import IDMTrainConfig
+    from vpt_ray.training.config import load_recipe, recipe_path
+
+    configs = {"train-idm": IDMTrainConfig, "train-bc": BCTrainConfig}
+    try:
+        return load_recipe(configs[command], recipe, overrides)
+    except ConfigError as e:
+        error = e
+    other = next(c for c in configs if c != command)
+    try:
+        load_recipe(configs[other], recipe)
+    except ConfigError:
+        raise error from None
+    kind = "an IDM" if other == "train-idm" else "a BC"
+    raise ConfigError(f"{recipe_path(recipe)}: this is {kind} recipe (for `vpt-ray {other}`), not one for "
+                      f"`vpt-ray {command}`")  # fmt: skip
+
+
 def print_result(metrics: dict[str, Any], final_dir, as_json: bool, extra: dict[str, Any] | None = None) -> None:
     summary = {"final": str(final_dir), **(extra or {}), "metrics": metrics}
     if as_json:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -83,15 +82,9 @@ def prepare_run_dir(run_dir: str | Path, config: dict[str, Any]) -> bool:
 def ensure_ray(address: str | None = None) -> None:
     """Connect to ``address`` (or RAY_ADDRESS; "auto": the cluster running on this machine), or else start a
     new local cluster without the dashboard (never silently join another job's local cluster)."""
-    import ray
+    from vpt_ray.ray_session import init_ray
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+    init_ray(address, log_to_driver=True)
 
 
 def ddp_backend(use_gpu: bool) -> str:
